@@ -1,0 +1,69 @@
+# grpc-balancer — the seed's targets plus demo/test/bench. Everything runs from .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+SERVER_PORT ?= 50051
+TARGET ?= static:///localhost:50051,localhost:50052
+POLICY ?= round_robin
+PROTO_DIR := src/grpc_balancer/greeter
+
+.PHONY: init generate run-server run-client demo test lint typecheck pytest bench system-deps clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.stamp-installed: $(BIN)/activate pyproject.toml
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+## init: create .venv and install the package with its dev extras
+init: $(VENV)/.stamp-installed
+
+## generate: regenerate the greeter's protobuf and gRPC code
+generate: init
+	$(PY) -m grpc_tools.protoc -I$(PROTO_DIR) --python_out=$(PROTO_DIR) --pyi_out=$(PROTO_DIR) \
+		--grpc_python_out=$(PROTO_DIR) $(PROTO_DIR)/greeter.proto
+	sed -i 's/^import greeter_pb2 as greeter__pb2/from grpc_balancer.greeter import greeter_pb2 as greeter__pb2/' \
+		$(PROTO_DIR)/greeter_pb2_grpc.py
+
+## run-server: one greeter server on $$SERVER_PORT (default 50051)
+run-server: init
+	SERVER_PORT=$(SERVER_PORT) $(BIN)/grpc-balancer serve
+
+## run-client: call the servers in $$TARGET with $$POLICY (default round_robin)
+run-client: init
+	$(BIN)/grpc-balancer call --target '$(TARGET)' --policy $(POLICY)
+
+## demo: start 3 servers, balance calls over them, stop them
+demo: init
+	$(BIN)/grpc-balancer demo
+
+## system-deps: Debian's etcd-server and dnsmasq for the discovery tests
+system-deps:
+	@command -v etcd >/dev/null && command -v dnsmasq >/dev/null || { \
+		echo "installing etcd-server and dnsmasq with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client dnsmasq-base >/dev/null; }
+
+## lint: ruff check and format check
+lint: init
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+## typecheck: mypy strict on src/
+typecheck: init
+	$(BIN)/mypy src
+
+pytest: init system-deps
+	$(BIN)/pytest -q
+
+## test: lint + mypy + pytest (installs what the tests need)
+test: lint typecheck pytest
+
+## bench: run the benchmarks under bench/ (JSON + PNG in bench/results)
+bench: init
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,51 @@
+"""grpc-balancer: client-side load balancing and service discovery for Python gRPC.
+
+The asyncio channel lives in :mod:`grpc_balancer.aio`; extension points are
+:func:`register_resolver` and :func:`register_policy`.
+"""
+
+from grpc_balancer import aio
+from grpc_balancer.endpoint import Endpoint
+from grpc_balancer.errors import (
+    BalancerConfigError,
+    ChannelClosedError,
+    InvalidTargetError,
+    ServiceConfigError,
+    UnknownPolicyError,
+)
+from grpc_balancer.picker import PickInfo, Picker
+from grpc_balancer.policies.base import BasePolicy, ChannelControl, Policy, register_policy
+from grpc_balancer.resolvers.base import (
+    Resolver,
+    ResolverListener,
+    ResolverOptions,
+    register_resolver,
+)
+from grpc_balancer.subchannel import Subchannel
+from grpc_balancer.target import Target, parse_target
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BalancerConfigError",
+    "BasePolicy",
+    "ChannelClosedError",
+    "ChannelControl",
+    "Endpoint",
+    "InvalidTargetError",
+    "PickInfo",
+    "Picker",
+    "Policy",
+    "Resolver",
+    "ResolverListener",
+    "ResolverOptions",
+    "ServiceConfigError",
+    "Subchannel",
+    "Target",
+    "UnknownPolicyError",
+    "__version__",
+    "aio",
+    "parse_target",
+    "register_policy",
+    "register_resolver",
+]

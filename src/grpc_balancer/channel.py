@@ -1,0 +1,371 @@
+"""BalancedChannel: a ``grpc.aio.Channel`` that balances each call over many endpoints.
+
+The spine of the library (see ARCHITECTURE.md)::
+
+    target ─► Resolver ─(endpoints)─► Policy ─(owns)─► Subchannels
+                                        │ on any change
+                                        ▼
+                                      Picker ◄── pick() per call ◄── multicallables
+
+The channel is the glue: it is the resolver's listener, the policy's
+:class:`~grpc_balancer.policies.base.ChannelControl` and every subchannel's listener.
+It holds the current picker and wakes calls waiting for a better one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from grpc_balancer.calls import (
+    BalancedStreamStreamMultiCallable,
+    BalancedStreamUnaryMultiCallable,
+    BalancedUnaryStreamMultiCallable,
+    BalancedUnaryUnaryMultiCallable,
+    rpc_error,
+)
+from grpc_balancer.config import ServiceConfig, load_service_config
+from grpc_balancer.endpoint import Endpoint
+from grpc_balancer.errors import ChannelClosedError
+from grpc_balancer.picker import FailPicker, PickError, Picker, PickInfo, QueuePicker
+from grpc_balancer.policies.base import Policy, get_policy_factory
+from grpc_balancer.resolvers.base import Resolver, ResolverOptions, get_resolver_factory
+from grpc_balancer.subchannel import ChannelOptions, Subchannel
+from grpc_balancer.target import Target, parse_target
+
+log = logging.getLogger("grpc_balancer.channel")
+
+Connectivity = grpc.ChannelConnectivity
+
+#: Reconnect backoff for per-endpoint channels unless the user sets it: gRPC's
+#: 120 s maximum is far too slow for a balancer to notice a restarted backend.
+DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 1000),
+    ("grpc.min_reconnect_backoff_ms", 1000),
+    ("grpc.max_reconnect_backoff_ms", 10_000),
+)
+
+
+class BalancedChannel(grpc.aio.Channel):
+    """Created by :func:`grpc_balancer.aio.insecure_channel` / ``secure_channel``."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        policy: str | None = None,
+        service_config: str | Mapping[str, Any] | None = None,
+        options: ChannelOptions | None = None,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+        resolver_options: ResolverOptions | None = None,
+    ) -> None:
+        self._target: Target = parse_target(target)
+        self._resolver_factory = get_resolver_factory(self._target)
+        self.config: ServiceConfig = load_service_config(service_config, policy)
+        self._policy_factory = get_policy_factory(self.config.policy)
+        self._credentials = credentials
+        self._interceptors = list(interceptors or ())
+        self._options = _merge_options(options)
+        self._resolver_options = resolver_options or ResolverOptions()
+        self._picker: Picker = QueuePicker()
+        self._state: Connectivity = Connectivity.IDLE
+        self._picker_changed: asyncio.Future[None] | None = None
+        self._subchannels: set[Subchannel] = set()
+        self._resolver: Resolver | None = None
+        self._policy: Policy | None = None
+        self._have_endpoints = False
+        self._resolver_error: str | None = None
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Validate the policy config now, so a bad field fails at construction.
+        self._policy = self._policy_factory(self, self.config.policy_config)
+        # Likewise the target: resolvers parse it in their constructor.
+        self._resolver = self._resolver_factory(self._target, self, self._resolver_options)
+        with contextlib.suppress(RuntimeError):
+            self._start(asyncio.get_running_loop())
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is not None:
+            return
+        self._loop = loop
+        self._state = Connectivity.CONNECTING
+        assert self._resolver is not None
+        self._resolver.start()
+
+    def _ensure_started(self) -> None:
+        if self._loop is None:
+            self._start(asyncio.get_running_loop())
+        if self._closed:
+            raise ChannelClosedError(f"channel for {self._target.raw!r} is closed")
+
+    async def close(self, grace: float | None = None) -> None:
+        """Stop resolving, close every subchannel; queued calls fail with CANCELLED."""
+        if self._closed:
+            return
+        self._closed = True
+        self._publish(Connectivity.SHUTDOWN, FailPicker(grpc.StatusCode.CANCELLED, "channel closed"))
+        if self._resolver is not None:
+            await self._resolver.close()
+        if self._policy is not None:
+            self._policy.close()
+        if grace:
+            deadline = time.monotonic() + grace
+            while any(sc.in_flight for sc in self._subchannels) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        subchannels, self._subchannels = list(self._subchannels), set()
+        await asyncio.gather(*(sc.aclose() for sc in subchannels), return_exceptions=True)
+
+    async def __aenter__(self) -> BalancedChannel:
+        self._ensure_started()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- grpc.aio.Channel API -------------------------------------------------------------------
+    def get_state(self, try_to_connect: bool = False) -> Connectivity:
+        if try_to_connect and self._loop is None and not self._closed:
+            self._ensure_started()
+        return self._state
+
+    async def wait_for_state_change(self, last_observed_state: Connectivity) -> None:
+        while self._state is last_observed_state:
+            await asyncio.shield(self._next_picker_future())
+
+    async def channel_ready(self) -> None:
+        self._ensure_started()
+        while self._state is not Connectivity.READY:
+            if self._state is Connectivity.SHUTDOWN:
+                raise ChannelClosedError(f"channel for {self._target.raw!r} is closed")
+            await self.wait_for_state_change(self._state)
+
+    async def wait_for_settled(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until the target is resolved and no subchannel
+        is still connecting, so the first calls see every reachable backend. Returns
+        whether that happened in time; calls work either way."""
+        self._ensure_started()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._settled():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._next_picker_future()), remaining)
+        return True
+
+    def _settled(self) -> bool:
+        if self._closed:
+            return True
+        if not self._have_endpoints:
+            return self._resolver_error is not None
+        return not any(sc.wants_connection and sc.still_trying for sc in self._subchannels)
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> BalancedUnaryUnaryMultiCallable:
+        return BalancedUnaryUnaryMultiCallable(self, method, request_serializer, response_deserializer)
+
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> BalancedUnaryStreamMultiCallable:
+        return BalancedUnaryStreamMultiCallable(self, method, request_serializer, response_deserializer)
+
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> BalancedStreamUnaryMultiCallable:
+        return BalancedStreamUnaryMultiCallable(self, method, request_serializer, response_deserializer)
+
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> BalancedStreamStreamMultiCallable:
+        return BalancedStreamStreamMultiCallable(self, method, request_serializer, response_deserializer)
+
+    # -- picking (used by the call objects) ---------------------------------------------------------
+    async def pick(
+        self, info: PickInfo, deadline: float | None, wait_for_ready: bool
+    ) -> Subchannel:
+        """The subchannel for one attempt, waiting for a better picker when none is ready.
+
+        Raises ``grpc.aio.AioRpcError``: UNAVAILABLE (nothing reachable), DEADLINE_EXCEEDED
+        (still nothing when the deadline came), or the picker's own error.
+        """
+        self._ensure_started()
+        while True:
+            picker = self._picker
+            try:
+                sc = picker.pick(info)
+            except PickError as err:
+                if not (wait_for_ready and err.code is grpc.StatusCode.UNAVAILABLE):
+                    raise rpc_error(err.code, err.message) from None
+                sc = None
+            if sc is not None:
+                return sc
+            await self._wait_for_picker_after(picker, deadline)
+
+    async def _wait_for_picker_after(self, picker: Picker, deadline: float | None) -> None:
+        if self._picker is not picker:
+            return
+        timeout = None if deadline is None else deadline - time.monotonic()
+        if timeout is not None and timeout <= 0:
+            raise self._deadline_error()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._next_picker_future()), timeout)
+        except TimeoutError:
+            raise self._deadline_error() from None
+
+    def _deadline_error(self) -> grpc.aio.AioRpcError:
+        picker = self._picker
+        why = (
+            picker.error.message
+            if isinstance(picker, FailPicker)
+            else f"no backend of {self._target.raw!r} was ready ({self.describe_state()})"
+        )
+        return rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded while waiting for a backend: {why}")
+
+    def describe_state(self) -> str:
+        if self._resolver_error and not self._have_endpoints:
+            return f"resolver error: {self._resolver_error}"
+        if not self._have_endpoints:
+            return "still resolving"
+        subs = ", ".join(f"{sc.address} {sc.describe_problem()}" for sc in sorted(self._subchannels, key=lambda s: s.address) if not sc.usable)
+        return subs or "all backends busy"
+
+    def _next_picker_future(self) -> asyncio.Future[None]:
+        if self._picker_changed is None:
+            self._picker_changed = asyncio.get_running_loop().create_future()
+        return self._picker_changed
+
+    def _publish(self, state: Connectivity, picker: Picker) -> None:
+        self._picker = picker
+        if state is not self._state:
+            log.debug("%s: channel %s -> %s", self._target.raw, self._state.name, state.name)
+            self._state = state
+        waiters, self._picker_changed = self._picker_changed, None
+        if waiters is not None and not waiters.done():
+            waiters.set_result(None)
+
+    # -- ResolverListener ------------------------------------------------------------------------
+    def on_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+        if self._closed or self._policy is None:
+            return
+        if self._resolver_error is not None:
+            log.info("%s: resolver recovered", self._target.raw)
+        self._resolver_error = None
+        self._have_endpoints = True
+        log.debug("%s: %d endpoints: %s", self._target.raw, len(endpoints), endpoints)
+        self._policy.update_endpoints(endpoints)
+
+    def on_resolver_error(self, error: str) -> None:
+        if self._closed:
+            return
+        if error != self._resolver_error:
+            log.warning("%s: resolver error (keeping the last good list): %s", self._target.raw, error)
+        self._resolver_error = error
+        if not self._have_endpoints:
+            self._publish(
+                Connectivity.TRANSIENT_FAILURE,
+                FailPicker(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"cannot resolve target {self._target.raw!r}: {error}",
+                ),
+            )
+
+    # -- ChannelControl (for the policy) ------------------------------------------------------------
+    @property
+    def target(self) -> str:
+        return self._target.raw
+
+    @property
+    def parsed_target(self) -> Target:
+        return self._target
+
+    def create_subchannel(self, endpoint: Endpoint) -> Subchannel:
+        if self._credentials is None:
+            inner = grpc.aio.insecure_channel(
+                endpoint.address, options=self._options, interceptors=self._interceptors or None
+            )
+        else:
+            inner = grpc.aio.secure_channel(
+                endpoint.address,
+                self._credentials,
+                options=self._options,
+                interceptors=self._interceptors or None,
+            )
+        sc = Subchannel(endpoint, inner, self)
+        self._subchannels.add(sc)
+        log.info("%s: endpoint added %s", self._target.raw, endpoint.address)
+        return sc
+
+    def remove_subchannel(self, subchannel: Subchannel) -> None:
+        if subchannel in self._subchannels:
+            log.info("%s: endpoint removed %s", self._target.raw, subchannel.address)
+            self._subchannels.discard(subchannel)
+        subchannel.shutdown()
+
+    def update_picker(self, state: Connectivity, picker: Picker) -> None:
+        if not self._closed:
+            self._publish(state, picker)
+
+    def request_reresolution(self) -> None:
+        if self._resolver is not None and not self._closed:
+            self._resolver.resolve_now()
+
+    # -- SubchannelListener -------------------------------------------------------------------------
+    def on_subchannel_state(self, subchannel: Subchannel) -> None:
+        if self._closed or self._policy is None:
+            return
+        if subchannel.connectivity is Connectivity.TRANSIENT_FAILURE:
+            self.request_reresolution()
+        self._policy.on_subchannel_state(subchannel)
+
+    # -- introspection ---------------------------------------------------------------------------------
+    @property
+    def subchannels(self) -> list[Subchannel]:
+        return sorted(self._subchannels, key=lambda sc: sc.address)
+
+    @property
+    def picker(self) -> Picker:
+        return self._picker
+
+    def __repr__(self) -> str:
+        return (
+            f"<BalancedChannel {self._target.raw!r} policy={self.config.policy} "
+            f"state={self._state.name} subchannels={self.subchannels}>"
+        )
+
+
+def _merge_options(options: ChannelOptions | None) -> list[tuple[str, Any]]:
+    """User options win, except the local subchannel pool: without it grpcio would
+    share one connection between our per-endpoint channels to the same address."""
+    user = list(options or ())
+    keys = {k for k, _ in user}
+    merged = [(k, v) for k, v in DEFAULT_CHANNEL_OPTIONS if k not in keys]
+    merged += [(k, v) for k, v in user if k != "grpc.use_local_subchannel_pool"]
+    merged.append(("grpc.use_local_subchannel_pool", 1))
+    return merged

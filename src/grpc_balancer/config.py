@@ -1,0 +1,150 @@
+"""gRPC service config (the JSON grpc-go and grpcio read), parsed and validated.
+
+Only the parts a client balancer uses are accepted; an unknown field anywhere we parse
+is an error that names it, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from grpc_balancer.errors import ServiceConfigError
+from grpc_balancer.policies.base import get_policy_factory, registered_policies
+
+DEFAULT_POLICY = "pick_first"
+
+_TOP_LEVEL = {
+    "loadBalancingConfig",
+    "loadBalancingPolicy",
+    "methodConfig",
+    "retryThrottling",
+    "healthCheckConfig",
+    "outlierDetection",
+}
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    policy: str = DEFAULT_POLICY
+    policy_config: Mapping[str, Any] = field(default_factory=dict)
+    method_config: tuple[Mapping[str, Any], ...] = ()
+    retry_throttling: Mapping[str, Any] | None = None
+    health_check_service: str | None = None
+    outlier_detection: Mapping[str, Any] | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+def load_service_config(
+    service_config: str | Mapping[str, Any] | None, policy: str | None = None
+) -> ServiceConfig:
+    """Parse ``service_config`` (dict or JSON text) and reconcile it with ``policy=``."""
+    raw = _as_mapping(service_config)
+    unknown = sorted(set(raw) - _TOP_LEVEL)
+    if unknown:
+        raise ServiceConfigError(
+            f"service config: unknown field(s) {', '.join(map(repr, unknown))}"
+            f" (allowed: {', '.join(sorted(_TOP_LEVEL))})"
+        )
+    config_policy, policy_config = _lb_policy(raw)
+    if policy is not None:
+        if not isinstance(policy, str) or not policy:
+            raise ServiceConfigError(f"policy must be a policy name, got {policy!r}")
+        get_policy_factory(policy)  # unknown name → UnknownPolicyError
+        if config_policy is not None and config_policy != policy:
+            raise ServiceConfigError(
+                f"policy={policy!r} disagrees with the service config's {config_policy!r}; "
+                "give one of them"
+            )
+    chosen = policy or config_policy or DEFAULT_POLICY
+    method_config = raw.get("methodConfig", [])
+    if not isinstance(method_config, list) or not all(isinstance(m, dict) for m in method_config):
+        raise ServiceConfigError("service config: methodConfig must be a list of objects")
+    throttling = raw.get("retryThrottling")
+    if throttling is not None and not isinstance(throttling, dict):
+        raise ServiceConfigError("service config: retryThrottling must be an object")
+    outlier = raw.get("outlierDetection")
+    if outlier is not None and not isinstance(outlier, dict):
+        raise ServiceConfigError("service config: outlierDetection must be an object")
+    return ServiceConfig(
+        policy=chosen,
+        policy_config=policy_config if chosen == config_policy else {},
+        method_config=tuple(method_config),
+        retry_throttling=throttling,
+        health_check_service=_health_service(raw),
+        outlier_detection=outlier,
+        raw=raw,
+    )
+
+
+def _as_mapping(service_config: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    if service_config is None:
+        return {}
+    if isinstance(service_config, str):
+        try:
+            parsed = json.loads(service_config)
+        except json.JSONDecodeError as exc:
+            raise ServiceConfigError(f"service config is not valid JSON: {exc}") from None
+    else:
+        parsed = service_config
+    if not isinstance(parsed, Mapping):
+        raise ServiceConfigError(
+            f"service config must be a JSON object, got {type(parsed).__name__}"
+        )
+    return dict(parsed)
+
+
+def _lb_policy(raw: Mapping[str, Any]) -> tuple[str | None, Mapping[str, Any]]:
+    """The first supported entry of loadBalancingConfig, else loadBalancingPolicy."""
+    if "loadBalancingConfig" in raw:
+        entries = raw["loadBalancingConfig"]
+        if not isinstance(entries, list) or not entries:
+            raise ServiceConfigError("service config: loadBalancingConfig must be a non-empty list")
+        names = []
+        for entry in entries:
+            if not isinstance(entry, dict) or len(entry) != 1:
+                raise ServiceConfigError(
+                    "service config: each loadBalancingConfig entry must be an object with "
+                    f"exactly one policy name, got {entry!r}"
+                )
+            ((name, cfg),) = entry.items()
+            names.append(name)
+            if name in registered_policies():
+                if cfg is None:
+                    cfg = {}
+                if not isinstance(cfg, dict):
+                    raise ServiceConfigError(
+                        f"service config: loadBalancingConfig[{name!r}] must be an object"
+                    )
+                return name, cfg
+        raise ServiceConfigError(
+            f"service config: no supported policy in loadBalancingConfig {names} "
+            f"(known: {', '.join(registered_policies())})"
+        )
+    legacy = raw.get("loadBalancingPolicy")
+    if legacy is None:
+        return None, {}
+    if not isinstance(legacy, str):
+        raise ServiceConfigError("service config: loadBalancingPolicy must be a string")
+    name = legacy.lower()
+    get_policy_factory(name)
+    return name, {}
+
+
+def _health_service(raw: Mapping[str, Any]) -> str | None:
+    hc = raw.get("healthCheckConfig")
+    if hc is None:
+        return None
+    if not isinstance(hc, dict):
+        raise ServiceConfigError("service config: healthCheckConfig must be an object")
+    extra = set(hc) - {"serviceName"}
+    if extra:
+        raise ServiceConfigError(
+            f"service config: healthCheckConfig: unknown field(s) {sorted(extra)}"
+        )
+    name = hc.get("serviceName", "")
+    if not isinstance(name, str):
+        raise ServiceConfigError("service config: healthCheckConfig.serviceName must be a string")
+    return name

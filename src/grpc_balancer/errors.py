@@ -1,0 +1,23 @@
+"""Errors raised for bad user input, so callers can catch one family and print one line."""
+
+from __future__ import annotations
+
+
+class BalancerConfigError(ValueError):
+    """Base class for every user-input error (bad target, policy, config field)."""
+
+
+class InvalidTargetError(BalancerConfigError):
+    """The target URI is malformed: unknown scheme, bad host:port, empty list."""
+
+
+class UnknownPolicyError(BalancerConfigError):
+    """A load-balancing policy name that no factory is registered for."""
+
+
+class ServiceConfigError(BalancerConfigError):
+    """The service config is not valid JSON or has a bad or unknown field."""
+
+
+class ChannelClosedError(RuntimeError):
+    """The channel was used after close()."""

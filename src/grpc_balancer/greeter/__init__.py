@@ -1,0 +1,1 @@
+"""The greeter demo service: generated code (``make generate``) and its servicer."""

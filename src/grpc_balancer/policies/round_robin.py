@@ -1,0 +1,54 @@
+"""round_robin: usable subchannels in turn, from a random start.
+
+A subchannel that drops leaves the rotation as soon as its state changes (the policy
+publishes a new picker) and rejoins when it is READY again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from grpc_balancer.picker import PickInfo, first_not_excluded
+from grpc_balancer.policies.base import BasePolicy, ChannelControl, register_policy
+from grpc_balancer.subchannel import Subchannel
+
+NAME = "round_robin"
+
+
+class RoundRobinPicker:
+    __slots__ = ("_n", "_next", "_subchannels")
+
+    def __init__(self, subchannels: Sequence[Subchannel], rng: random.Random | None = None) -> None:
+        self._subchannels = tuple(subchannels)
+        self._n = len(self._subchannels)
+        start = (rng or random).randrange(self._n)
+        self._next = itertools.count(start).__next__
+
+    def pick(self, info: PickInfo) -> Subchannel | None:
+        i = self._next() % self._n
+        sc = self._subchannels[i]
+        if info.exclude and sc in info.exclude:
+            return first_not_excluded(self._subchannels, i, info.exclude)
+        return sc
+
+    def __repr__(self) -> str:
+        return f"<RoundRobinPicker {[sc.address for sc in self._subchannels]}>"
+
+
+class RoundRobinPolicy(BasePolicy):
+    NAME = NAME
+
+    def __init__(
+        self, control: ChannelControl, config: Mapping[str, Any], rng: random.Random | None = None
+    ) -> None:
+        super().__init__(control, config)
+        self._rng = rng
+
+    def build_picker(self, usable: list[Subchannel]) -> RoundRobinPicker:
+        return RoundRobinPicker(usable, self._rng)
+
+
+register_policy(NAME, RoundRobinPolicy)

@@ -1,0 +1,129 @@
+"""A runnable greeter server with the standard health service and reflection, and a
+graceful stop: health goes NOT_SERVING first (so balancing clients stop sending new
+calls), then in-flight calls get a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.greeter.servicer import SERVICE_NAME, Faults, GreeterServicer
+
+log = logging.getLogger("grpc_balancer.server")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class GreeterServer:
+    """One greeter server. ``port=0`` binds an ephemeral port (see :attr:`port`)."""
+
+    def __init__(
+        self,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        *,
+        faults: Faults | None = None,
+        grace_s: float = 5.0,
+        drain_delay_s: float = 0.0,
+    ) -> None:
+        self.host = host
+        self.requested_port = port
+        self.port = port
+        self.faults = faults or Faults()
+        self.grace_s = grace_s
+        self.drain_delay_s = drain_delay_s
+        self.health = HealthServicer()
+        self.servicer: GreeterServicer | None = None
+        self._server: grpc.aio.Server | None = None
+        self.serving = False
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    async def start(self) -> int:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        port = server.add_insecure_port(f"{self.address.rsplit(':', 1)[0]}:{self.requested_port}")
+        if port == 0:
+            raise OSError(f"cannot bind {self.host}:{self.requested_port} (port in use?)")
+        self.port = port
+        self.servicer = GreeterServicer(port, self.faults)
+        greeter_pb2_grpc.add_GreeterServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = (
+            greeter_pb2.DESCRIPTOR.services_by_name["Greeter"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, server)
+        await server.start()
+        self._server = server
+        await self.set_serving(True)
+        return port
+
+    async def set_serving(self, serving: bool) -> None:
+        """Flip the overall ("") and greeter.Greeter health statuses."""
+        status = SERVING if serving else NOT_SERVING
+        self.serving = serving
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful: NOT_SERVING, optional drain delay, then stop with a grace period."""
+        if self._server is None:
+            return
+        with contextlib.suppress(Exception):
+            await self.set_serving(False)
+        if self.drain_delay_s:
+            await asyncio.sleep(self.drain_delay_s)
+        await self._server.stop(self.grace_s if grace is None else grace)
+        self._server = None
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def serve_forever(
+    server: GreeterServer,
+    *,
+    on_started: Callable[[GreeterServer], Awaitable[None] | None] | None = None,
+    on_stopping: Callable[[GreeterServer], Awaitable[None]] | None = None,
+) -> None:
+    """Run ``server`` until SIGINT/SIGTERM, then stop it gracefully (SIGUSR1 toggles health)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    await server.start()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def toggle_health() -> None:
+        loop.create_task(server.set_serving(not server.serving))
+
+    loop.add_signal_handler(signal.SIGUSR1, toggle_health)
+    if on_started is not None:
+        maybe = on_started(server)
+        if maybe is not None:
+            await maybe
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            loop.remove_signal_handler(sig)
+        log.info("stopping %s gracefully", server.address)
+        if on_stopping is not None:
+            await on_stopping(server)
+        await server.stop()

@@ -1,0 +1,249 @@
+"""A subchannel: one grpc.aio channel to one endpoint, plus everything the policies
+read about it (connectivity, health, ejection, in-flight calls, latency estimate).
+
+Connectivity is followed with ``get_state`` / ``wait_for_state_change`` in one small
+task per subchannel; every change is reported to the listener (the channel), which
+hands it to the policy, which publishes a new picker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import grpc
+import grpc.aio
+
+from grpc_balancer.endpoint import Endpoint
+from grpc_balancer.load import PeakEwma
+
+log = logging.getLogger("grpc_balancer.subchannel")
+
+Connectivity = grpc.ChannelConnectivity
+
+#: Health values: UNCHECKED = health checking off; UNKNOWN = waiting for the first answer.
+HEALTH_UNCHECKED = "UNCHECKED"
+HEALTH_UNKNOWN = "UNKNOWN"
+HEALTH_SERVING = "SERVING"
+
+_PROBE_METHOD = "/grpc_balancer.internal.Probe/LastError"
+
+ChannelOptions = Sequence[tuple[str, Any]]
+
+
+class SubchannelListener(Protocol):
+    def on_subchannel_state(self, subchannel: Subchannel) -> None: ...
+
+
+class Subchannel:
+    """State and counters for one endpoint. Mutated only on the event loop."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        channel: grpc.aio.Channel,
+        listener: SubchannelListener,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.endpoint = endpoint
+        self.address = endpoint.address
+        self.channel = channel
+        self._listener = listener
+        self._clock = clock
+        self.connectivity: Connectivity = Connectivity.IDLE
+        self.failed_since_ready = False
+        self.wants_connection = False
+        self.health: str = HEALTH_UNCHECKED
+        self.ejected = False
+        self.last_error = ""
+        self.in_flight = 0
+        self.calls_started = 0
+        self.calls_failed = 0
+        self.latency = PeakEwma(clock=clock)
+        self.created_at = clock()
+        self.ready_since: float | None = None
+        #: Extra per-policy or per-feature state (ORCA weights, outlier counters...).
+        self.attrs: dict[str, Any] = {}
+        #: Called as ``observer(subchannel, latency_s, code)`` when a call finishes.
+        self.call_observers: list[Callable[[Subchannel, float, grpc.StatusCode], None]] = []
+        self.callables: dict[tuple[Any, ...], Any] = {}
+        self._watch_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._usable = False
+
+    # -- state -----------------------------------------------------------------------
+    @property
+    def usable(self) -> bool:
+        """READY, healthy (or unchecked) and not ejected: policies may pick it."""
+        return self._usable
+
+    @property
+    def healthy(self) -> bool:
+        return self.health in (HEALTH_UNCHECKED, HEALTH_SERVING)
+
+    @property
+    def still_trying(self) -> bool:
+        """Not usable yet but may become so soon (counts as CONNECTING, not failure)."""
+        if self.connectivity is Connectivity.READY:
+            return self.health == HEALTH_UNKNOWN and not self.ejected
+        return (
+            self.connectivity in (Connectivity.IDLE, Connectivity.CONNECTING)
+            and not self.failed_since_ready
+        )
+
+    def describe_problem(self) -> str:
+        if self.ejected:
+            return "ejected by outlier detection"
+        if self.connectivity is Connectivity.READY and not self.healthy:
+            return f"health check reports {self.health}"
+        if self.failed_since_ready:
+            return f"TRANSIENT_FAILURE ({self.last_error or 'failed to connect'})"
+        return self.connectivity.name.replace("ChannelConnectivity.", "")
+
+    def set_health(self, health: str) -> None:
+        if health != self.health:
+            log.info("%s: health %s -> %s", self.address, self.health, health)
+            self.health = health
+            self._changed()
+
+    def set_ejected(self, ejected: bool) -> None:
+        if ejected != self.ejected:
+            self.ejected = ejected
+            self._changed()
+
+    def notify(self) -> None:
+        """Something a policy reads (e.g. an ORCA weight) changed: rebuild pickers."""
+        self._changed()
+
+    def _changed(self) -> None:
+        self._usable = (
+            self.connectivity is Connectivity.READY and self.healthy and not self.ejected
+        )
+        if not self._closing:
+            self._listener.on_subchannel_state(self)
+
+    # -- connectivity -------------------------------------------------------------------
+    def connect(self) -> None:
+        """Start dialing (idempotent) and keep the connection up from now on."""
+        self.wants_connection = True
+        if self._watch_task is None and not self._closing:
+            self._watch_task = asyncio.get_running_loop().create_task(
+                self._watch(), name=f"grpc_balancer.subchannel[{self.address}]"
+            )
+
+    async def _watch(self) -> None:
+        state = self.channel.get_state(try_to_connect=True)
+        self._set_connectivity(state)
+        while not self._closing:
+            await self.channel.wait_for_state_change(state)
+            state = self.channel.get_state(try_to_connect=True)
+            self._set_connectivity(state)
+
+    def _set_connectivity(self, state: Connectivity) -> None:
+        if state is self.connectivity or self._closing:
+            return
+        previous, self.connectivity = self.connectivity, state
+        if state is Connectivity.READY:
+            self.failed_since_ready = False
+            self.last_error = ""
+            self.ready_since = self._clock()
+            log.info("%s: %s -> READY", self.address, previous.name)
+        elif state is Connectivity.TRANSIENT_FAILURE:
+            self.failed_since_ready = True
+            self.ready_since = None
+            log.info("%s: %s -> TRANSIENT_FAILURE", self.address, previous.name)
+            # Publish only once we know why, so the first failing call can say it.
+            asyncio.get_running_loop().create_task(self._probe_then_publish())
+            return
+        else:
+            if previous is Connectivity.READY:
+                self.ready_since = None
+                log.info("%s: READY -> %s", self.address, state.name)
+        self._changed()
+
+    async def _probe_then_publish(self) -> None:
+        """gRPC's connectivity API does not say *why* a connection failed; a call that
+        fails fast on the failed channel does ("Connection refused", DNS errors...)."""
+        probe = self.channel.unary_unary(_PROBE_METHOD)
+        try:
+            await probe(b"", timeout=1.0, wait_for_ready=False)
+        except grpc.aio.AioRpcError as err:
+            if err.code() is grpc.StatusCode.UNAVAILABLE and self.failed_since_ready:
+                self.last_error = _short_error(err.details() or "")
+        except Exception:  # pragma: no cover - a closed channel during shutdown
+            pass
+        if self.connectivity is Connectivity.TRANSIENT_FAILURE:
+            self._changed()
+
+    def record_failure_detail(self, details: str) -> None:
+        """A call on this subchannel failed with UNAVAILABLE: remember why."""
+        self.last_error = _short_error(details)
+
+    # -- call accounting (hot path) -------------------------------------------------------
+    def call_started(self) -> float:
+        self.in_flight += 1
+        self.calls_started += 1
+        return self._clock()
+
+    def call_finished(self, started_at: float, code: grpc.StatusCode) -> None:
+        self.in_flight -= 1
+        latency = self._clock() - started_at
+        if code is not grpc.StatusCode.OK:
+            self.calls_failed += 1
+        self.latency.observe(latency)
+        for observer in self.call_observers:
+            observer(self, latency, code)
+        if self._closing and self.in_flight == 0:
+            self._close_now()
+
+    # -- shutdown ----------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Stop picking it; close the channel once in-flight calls are done."""
+        if self._closing:
+            return
+        self._closing = True
+        self._usable = False
+        if self.in_flight == 0:
+            self._close_now()
+
+    def _close_now(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().create_task(self._close_channel())
+
+    async def _close_channel(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.channel.close()
+
+    async def aclose(self) -> None:
+        """Close at once (channel shutdown): cancel the watcher and the channel."""
+        self._closing = True
+        self._usable = False
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watch_task
+        await self.channel.close()
+
+    def __repr__(self) -> str:
+        flags = [self.connectivity.name]
+        if self.health not in (HEALTH_UNCHECKED, HEALTH_SERVING):
+            flags.append(self.health)
+        if self.ejected:
+            flags.append("EJECTED")
+        return f"<Subchannel {self.address} {' '.join(flags)} in_flight={self.in_flight}>"
+
+
+def _short_error(details: str) -> str:
+    # "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1:
+    #  Failed to connect to remote host: Connection refused" → the useful tail.
+    marker = "last error: "
+    if marker in details:
+        details = details.split(marker, 1)[1]
+    return details.strip()

@@ -1,0 +1,137 @@
+"""Parsing and validation of target URIs (``scheme://authority/endpoint``).
+
+Every malformed form raises :class:`InvalidTargetError` with a message that names the
+problem, so a CLI can print it as one line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from grpc_balancer.errors import InvalidTargetError
+
+DEFAULT_SCHEME = "dns"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A parsed target: ``static:///a:1,b:2`` → scheme ``static``, authority ``""``,
+    endpoint ``a:1,b:2``. ``raw`` keeps the user's text for messages."""
+
+    scheme: str
+    authority: str
+    endpoint: str
+    raw: str
+
+    def __str__(self) -> str:
+        return self.raw
+
+
+def parse_target(raw: str) -> Target:
+    """Split a target URI. A bare ``host:port`` means ``dns:///host:port`` as in gRPC."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise InvalidTargetError("target is empty")
+    text = raw.strip()
+    if any(c.isspace() for c in text):
+        raise InvalidTargetError(f"target {raw!r} contains whitespace")
+    if "://" in text:
+        scheme, rest = text.split("://", 1)
+        if "/" not in rest:
+            raise InvalidTargetError(
+                f"target {raw!r}: expected scheme://[authority]/endpoint, e.g. {scheme}:///host:port"
+            )
+        authority, endpoint = rest.split("/", 1)
+    elif _looks_like_scheme_colon(text):
+        # ipv4:1.2.3.4:80,... and ipv6:[::1]:80 (gRPC's short forms)
+        scheme, endpoint = text.split(":", 1)
+        authority = ""
+    else:
+        scheme, authority, endpoint = DEFAULT_SCHEME, "", text
+    scheme = scheme.lower()
+    if not scheme or not (scheme[0].isalpha() and all(c.isalnum() or c in "+-." for c in scheme)):
+        raise InvalidTargetError(f"target {raw!r}: invalid scheme {scheme!r}")
+    if not endpoint:
+        raise InvalidTargetError(f"target {raw!r}: no endpoint after the scheme")
+    return Target(scheme=scheme, authority=authority, endpoint=endpoint, raw=raw)
+
+
+def _looks_like_scheme_colon(text: str) -> bool:
+    head = text.split(":", 1)[0].lower()
+    return head in ("ipv4", "ipv6", "unix", "static")
+
+
+def split_host_port(item: str, *, default_port: int | None = None, what: str = "address") -> tuple[str, int]:
+    """``host:port`` / ``[v6]:port`` / ``v4`` (with a default port) → ``(host, port)``.
+
+    The host comes back without brackets. Ports must lie in 1..65535.
+    """
+    item = item.strip()
+    if not item:
+        raise InvalidTargetError(f"empty {what}")
+    host: str
+    port_text: str | None
+    if item.startswith("["):
+        end = item.find("]")
+        if end < 0:
+            raise InvalidTargetError(f"{what} {item!r}: missing ']' after IPv6 address")
+        host = item[1:end]
+        rest = item[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise InvalidTargetError(f"{what} {item!r}: expected ':port' after ']'")
+        port_text = rest[1:] if rest else None
+        _check_ipv6(host, item, what)
+    elif item.count(":") > 1:
+        raise InvalidTargetError(
+            f"{what} {item!r}: IPv6 addresses need brackets, e.g. [::1]:50051"
+        )
+    elif ":" in item:
+        host, port_text = item.rsplit(":", 1)
+    else:
+        host, port_text = item, None
+    if not host:
+        raise InvalidTargetError(f"{what} {item!r}: missing host")
+    if port_text is None:
+        if default_port is None:
+            raise InvalidTargetError(f"{what} {item!r}: missing port (expected host:port)")
+        return host, default_port
+    return host, parse_port(port_text, f"{what} {item!r}")
+
+
+def parse_port(text: str, context: str) -> int:
+    if not text.isdigit():
+        raise InvalidTargetError(f"{context}: port {text!r} is not a number")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise InvalidTargetError(f"{context}: port {port} is out of range 1-65535")
+    return port
+
+
+def _check_ipv6(host: str, item: str, what: str) -> None:
+    try:
+        ipaddress.IPv6Address(host.split("%", 1)[0])
+    except ValueError:
+        raise InvalidTargetError(f"{what} {item!r}: {host!r} is not an IPv6 address") from None
+
+
+def join_host_port(host: str, port: int) -> str:
+    """The dialable form: IPv6 literals get brackets back."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def split_list(target: Target) -> list[str]:
+    """The comma-separated items of a list target, refusing empty items."""
+    items = [i.strip() for i in target.endpoint.split(",")]
+    if not any(items):
+        raise InvalidTargetError(f"target {target.raw!r}: empty address list")
+    if not all(items):
+        raise InvalidTargetError(f"target {target.raw!r}: empty item in the address list")
+    return items
