@@ -13,7 +13,7 @@ from grpc_balancer.errors import (
     ServiceConfigError,
     UnknownPolicyError,
 )
-from grpc_balancer.picker import PickInfo, Picker
+from grpc_balancer.picker import Picker, PickInfo
 from grpc_balancer.policies.base import BasePolicy, ChannelControl, Policy, register_policy
 from grpc_balancer.resolvers.base import (
     Resolver,

@@ -9,6 +9,7 @@ a server. Streaming calls pick once, at their start, and stay on that backend.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,7 @@ _NOT_SENT_MARKERS = (
 
 def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
     """An error raised by the balancer itself (no attempt reached a server)."""
-    return grpc.aio.AioRpcError(code, Metadata(), Metadata(), details=details)
+    return grpc.aio.AioRpcError(code, Metadata(), Metadata(), details, None)
 
 
 def never_reached_server(err: grpc.aio.AioRpcError) -> bool:
@@ -161,12 +162,12 @@ class _CallBase:
         try:
             return await self._attempt.initial_metadata()  # type: ignore[no-any-return]
         except grpc.aio.AioRpcError as err:
-            return err.initial_metadata() or Metadata()
+            return Metadata(*(err.initial_metadata() or ()))
 
     async def trailing_metadata(self) -> Metadata:
         await self._settled()
         if self._error is not None:
-            return self._error.trailing_metadata() or Metadata()
+            return Metadata(*(self._error.trailing_metadata() or ()))
         if self._attempt is None:
             return Metadata()
         return await self._attempt.trailing_metadata()  # type: ignore[no-any-return]
@@ -218,13 +219,14 @@ class _CallBase:
 # ---------------------------------------------------------------------------------------------
 # unary → unary
 # ---------------------------------------------------------------------------------------------
-class BalancedUnaryUnaryMultiCallable(_MultiCallableBase, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
+class BalancedUnaryUnaryMultiCallable(
+    _MultiCallableBase, grpc.aio.UnaryUnaryMultiCallable[Any, Any]
+):
     _kind = "unary_unary"
 
     def __call__(
         self,
         request: Any,
-        *,
         timeout: float | None = None,
         metadata: Any = None,
         credentials: grpc.CallCredentials | None = None,
@@ -236,7 +238,7 @@ class BalancedUnaryUnaryMultiCallable(_MultiCallableBase, grpc.aio.UnaryUnaryMul
         )
 
 
-class BalancedUnaryUnaryCall(_CallBase, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
+class BalancedUnaryUnaryCall(_CallBase, grpc.aio.UnaryUnaryCall[Any, Any]):
     """Awaiting it runs the call: pick, send, record, re-send if it never left."""
 
     def __init__(
@@ -291,10 +293,8 @@ class BalancedUnaryUnaryCall(_CallBase, grpc.aio.UnaryUnaryCall):  # type: ignor
         await asyncio.shield(self._finished)
 
     async def _run_quietly(self) -> None:
-        try:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
             await self._run()
-        except (grpc.aio.AioRpcError, asyncio.CancelledError):
-            pass
 
     async def _ensure_attempt(self) -> None:
         if not self._started:
@@ -381,10 +381,14 @@ class _StreamingCall(_CallBase):
                 "compression": self._compression,
             }
             inner = self._mc.inner(sc)
-            attempt = inner(self._request, **kwargs) if self._request is not None else inner(**kwargs)
+            attempt = (
+                inner(self._request, **kwargs) if self._request is not None else inner(**kwargs)
+            )
             self._attempt = attempt
             started = sc.call_started()
-            attempt.add_done_callback(lambda c: loop.create_task(self._attempt_done(sc, started, c)))
+            attempt.add_done_callback(
+                lambda c: loop.create_task(self._attempt_done(sc, started, c))
+            )
         except grpc.aio.AioRpcError as err:
             self._finish(err)
             raise
@@ -404,10 +408,8 @@ class _StreamingCall(_CallBase):
         except grpc.aio.AioRpcError:
             return
         if self._attempt is not None:
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._attempt.code()
-            except asyncio.CancelledError:
-                pass
 
     def cancel(self) -> bool:
         was_done = self._done
@@ -446,25 +448,26 @@ class _StreamingCall(_CallBase):
         return await self._attempt
 
 
-class BalancedUnaryStreamCall(_StreamingCall, grpc.aio.UnaryStreamCall):  # type: ignore[misc]
+class BalancedUnaryStreamCall(_StreamingCall, grpc.aio.UnaryStreamCall[Any, Any]):
     pass
 
 
-class BalancedStreamUnaryCall(_StreamingCall, grpc.aio.StreamUnaryCall):  # type: ignore[misc]
+class BalancedStreamUnaryCall(_StreamingCall, grpc.aio.StreamUnaryCall[Any, Any]):
     pass
 
 
-class BalancedStreamStreamCall(_StreamingCall, grpc.aio.StreamStreamCall):  # type: ignore[misc]
+class BalancedStreamStreamCall(_StreamingCall, grpc.aio.StreamStreamCall[Any, Any]):
     pass
 
 
-class BalancedUnaryStreamMultiCallable(_MultiCallableBase, grpc.aio.UnaryStreamMultiCallable):  # type: ignore[misc]
+class BalancedUnaryStreamMultiCallable(
+    _MultiCallableBase, grpc.aio.UnaryStreamMultiCallable[Any, Any]
+):
     _kind = "unary_stream"
 
     def __call__(
         self,
         request: Any,
-        *,
         timeout: float | None = None,
         metadata: Any = None,
         credentials: grpc.CallCredentials | None = None,
@@ -476,7 +479,9 @@ class BalancedUnaryStreamMultiCallable(_MultiCallableBase, grpc.aio.UnaryStreamM
         )
 
 
-class BalancedStreamUnaryMultiCallable(_MultiCallableBase, grpc.aio.StreamUnaryMultiCallable):  # type: ignore[misc]
+class BalancedStreamUnaryMultiCallable(
+    _MultiCallableBase, grpc.aio.StreamUnaryMultiCallable[Any, Any]
+):
     _kind = "stream_unary"
 
     def __call__(
@@ -493,7 +498,9 @@ class BalancedStreamUnaryMultiCallable(_MultiCallableBase, grpc.aio.StreamUnaryM
         )
 
 
-class BalancedStreamStreamMultiCallable(_MultiCallableBase, grpc.aio.StreamStreamMultiCallable):  # type: ignore[misc]
+class BalancedStreamStreamMultiCallable(
+    _MultiCallableBase, grpc.aio.StreamStreamMultiCallable[Any, Any]
+):
     _kind = "stream_stream"
 
     def __call__(

@@ -34,7 +34,7 @@ from grpc_balancer.calls import (
 from grpc_balancer.config import ServiceConfig, load_service_config
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.errors import ChannelClosedError
-from grpc_balancer.picker import FailPicker, PickError, Picker, PickInfo, QueuePicker
+from grpc_balancer.picker import FailPicker, Picker, PickError, PickInfo, QueuePicker
 from grpc_balancer.policies.base import Policy, get_policy_factory
 from grpc_balancer.resolvers.base import Resolver, ResolverOptions, get_resolver_factory
 from grpc_balancer.subchannel import ChannelOptions, Subchannel
@@ -112,7 +112,9 @@ class BalancedChannel(grpc.aio.Channel):
         if self._closed:
             return
         self._closed = True
-        self._publish(Connectivity.SHUTDOWN, FailPicker(grpc.StatusCode.CANCELLED, "channel closed"))
+        self._publish(
+            Connectivity.SHUTDOWN, FailPicker(grpc.StatusCode.CANCELLED, "channel closed")
+        )
         if self._resolver is not None:
             await self._resolver.close()
         if self._policy is not None:
@@ -177,7 +179,9 @@ class BalancedChannel(grpc.aio.Channel):
         response_deserializer: Any = None,
         _registered_method: bool | None = False,
     ) -> BalancedUnaryUnaryMultiCallable:
-        return BalancedUnaryUnaryMultiCallable(self, method, request_serializer, response_deserializer)
+        return BalancedUnaryUnaryMultiCallable(
+            self, method, request_serializer, response_deserializer
+        )
 
     def unary_stream(
         self,
@@ -186,7 +190,9 @@ class BalancedChannel(grpc.aio.Channel):
         response_deserializer: Any = None,
         _registered_method: bool | None = False,
     ) -> BalancedUnaryStreamMultiCallable:
-        return BalancedUnaryStreamMultiCallable(self, method, request_serializer, response_deserializer)
+        return BalancedUnaryStreamMultiCallable(
+            self, method, request_serializer, response_deserializer
+        )
 
     def stream_unary(
         self,
@@ -195,7 +201,9 @@ class BalancedChannel(grpc.aio.Channel):
         response_deserializer: Any = None,
         _registered_method: bool | None = False,
     ) -> BalancedStreamUnaryMultiCallable:
-        return BalancedStreamUnaryMultiCallable(self, method, request_serializer, response_deserializer)
+        return BalancedStreamUnaryMultiCallable(
+            self, method, request_serializer, response_deserializer
+        )
 
     def stream_stream(
         self,
@@ -204,7 +212,9 @@ class BalancedChannel(grpc.aio.Channel):
         response_deserializer: Any = None,
         _registered_method: bool | None = False,
     ) -> BalancedStreamStreamMultiCallable:
-        return BalancedStreamStreamMultiCallable(self, method, request_serializer, response_deserializer)
+        return BalancedStreamStreamMultiCallable(
+            self, method, request_serializer, response_deserializer
+        )
 
     # -- picking (used by the call objects) ---------------------------------------------------------
     async def pick(
@@ -246,14 +256,21 @@ class BalancedChannel(grpc.aio.Channel):
             if isinstance(picker, FailPicker)
             else f"no backend of {self._target.raw!r} was ready ({self.describe_state()})"
         )
-        return rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded while waiting for a backend: {why}")
+        return rpc_error(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"deadline exceeded while waiting for a backend: {why}",
+        )
 
     def describe_state(self) -> str:
         if self._resolver_error and not self._have_endpoints:
             return f"resolver error: {self._resolver_error}"
         if not self._have_endpoints:
             return "still resolving"
-        subs = ", ".join(f"{sc.address} {sc.describe_problem()}" for sc in sorted(self._subchannels, key=lambda s: s.address) if not sc.usable)
+        subs = ", ".join(
+            f"{sc.address} {sc.describe_problem()}"
+            for sc in sorted(self._subchannels, key=lambda s: s.address)
+            if not sc.usable
+        )
         return subs or "all backends busy"
 
     def _next_picker_future(self) -> asyncio.Future[None]:
@@ -285,7 +302,9 @@ class BalancedChannel(grpc.aio.Channel):
         if self._closed:
             return
         if error != self._resolver_error:
-            log.warning("%s: resolver error (keeping the last good list): %s", self._target.raw, error)
+            log.warning(
+                "%s: resolver error (keeping the last good list): %s", self._target.raw, error
+            )
         self._resolver_error = error
         if not self._have_endpoints:
             self._publish(

@@ -62,14 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run a greeter server")
     serve.add_argument("--port", type=_port_arg, default=None, help="default $SERVER_PORT or 50051")
     serve.add_argument("--host", default="::", help="address to bind (default: all, IPv4+IPv6)")
-    serve.add_argument("--grace", type=float, default=5.0, help="seconds for in-flight calls on stop")
+    serve.add_argument(
+        "--grace", type=float, default=5.0, help="seconds for in-flight calls on stop"
+    )
     _add_fault_args(serve)
     serve.set_defaults(func=cmd_serve)
 
     call = sub.add_parser("call", help="call greeter servers through a balanced channel")
     call.add_argument("--target", default=DEFAULT_TARGET, help=f"default {DEFAULT_TARGET}")
     call.add_argument(
-        "--policy", default=None, help="round_robin (default unless --service-config), pick_first, ..."
+        "--policy",
+        default=None,
+        help="round_robin (default unless --service-config), pick_first, ...",
     )
     call.add_argument("--service-config", default=None, help="gRPC service config JSON")
     call.add_argument("-n", "--count", type=_positive_int, default=4, help="number of calls")
@@ -174,7 +178,9 @@ async def run_calls(
     """Make ``count`` sequential SayHello calls, printing each reply; count per backend."""
     counts: Counter[str] = Counter()
     failed = 0
-    async with aio.insecure_channel(target, policy=policy, service_config=service_config) as channel:
+    async with aio.insecure_channel(
+        target, policy=policy, service_config=service_config
+    ) as channel:
         stub = greeter_pb2_grpc.GreeterStub(channel)
         # Let every backend connect first, so the replies show the rotation from the start.
         await channel.wait_for_settled(timeout=min(timeout, 2.0))
@@ -184,7 +190,9 @@ async def run_calls(
                 reply = await call
             except grpc.aio.AioRpcError as err:
                 failed += 1
-                print(f"Call failed: {err.code().name}: {err.details()}", file=sys.stderr, flush=True)
+                print(
+                    f"Call failed: {err.code().name}: {err.details()}", file=sys.stderr, flush=True
+                )
                 continue
             print(f"Response from server: {reply.message}", flush=True)
             counts[call.peer_address or "?"] += 1

@@ -121,9 +121,7 @@ class Subchannel:
         self._changed()
 
     def _changed(self) -> None:
-        self._usable = (
-            self.connectivity is Connectivity.READY and self.healthy and not self.ejected
-        )
+        self._usable = self.connectivity is Connectivity.READY and self.healthy and not self.ejected
         if not self._closing:
             self._listener.on_subchannel_state(self)
 
@@ -169,7 +167,7 @@ class Subchannel:
     async def _probe_then_publish(self) -> None:
         """gRPC's connectivity API does not say *why* a connection failed; a call that
         fails fast on the failed channel does ("Connection refused", DNS errors...)."""
-        probe = self.channel.unary_unary(_PROBE_METHOD)
+        probe = self.channel.unary_unary(_PROBE_METHOD, None, None)
         try:
             await probe(b"", timeout=1.0, wait_for_ready=False)
         except grpc.aio.AioRpcError as err:
@@ -219,7 +217,7 @@ class Subchannel:
 
     async def _close_channel(self) -> None:
         with contextlib.suppress(Exception):
-            await self.channel.close()
+            await self.channel.close(None)
 
     async def aclose(self) -> None:
         """Close at once (channel shutdown): cancel the watcher and the channel."""
@@ -229,7 +227,7 @@ class Subchannel:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._watch_task
-        await self.channel.close()
+        await self.channel.close(None)
 
     def __repr__(self) -> str:
         flags = [self.connectivity.name]

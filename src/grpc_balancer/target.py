@@ -61,7 +61,9 @@ def _looks_like_scheme_colon(text: str) -> bool:
     return head in ("ipv4", "ipv6", "unix", "static")
 
 
-def split_host_port(item: str, *, default_port: int | None = None, what: str = "address") -> tuple[str, int]:
+def split_host_port(
+    item: str, *, default_port: int | None = None, what: str = "address"
+) -> tuple[str, int]:
     """``host:port`` / ``[v6]:port`` / ``v4`` (with a default port) → ``(host, port)``.
 
     The host comes back without brackets. Ports must lie in 1..65535.
@@ -82,9 +84,7 @@ def split_host_port(item: str, *, default_port: int | None = None, what: str = "
         port_text = rest[1:] if rest else None
         _check_ipv6(host, item, what)
     elif item.count(":") > 1:
-        raise InvalidTargetError(
-            f"{what} {item!r}: IPv6 addresses need brackets, e.g. [::1]:50051"
-        )
+        raise InvalidTargetError(f"{what} {item!r}: IPv6 addresses need brackets, e.g. [::1]:50051")
     elif ":" in item:
         host, port_text = item.rsplit(":", 1)
     else:

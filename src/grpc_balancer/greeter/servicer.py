@@ -38,7 +38,7 @@ class Faults:
         return self.delay_ms / 1000.0
 
 
-class GreeterServicer(greeter_pb2_grpc.GreeterServicer):
+class GreeterServicer(greeter_pb2_grpc.GreeterServicer):  # type: ignore[misc]
     def __init__(self, port: int, faults: Faults | None = None, seed: int | None = None) -> None:
         self.port = port
         self.faults = faults or Faults()
@@ -69,8 +69,10 @@ class GreeterServicer(greeter_pb2_grpc.GreeterServicer):
         if self.faults.fail_rate > 0 and self._rng.random() < self.faults.fail_rate:
             await context.abort(self.faults.fail_code, f"injected failure (from :{self.port})")
 
-    async def SayHello(  # noqa: N802 - generated name
-        self, request: greeter_pb2.HelloRequest, context: grpc.aio.ServicerContext  # type: ignore[type-arg]
+    async def SayHello(
+        self,
+        request: greeter_pb2.HelloRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> greeter_pb2.HelloReply:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -80,14 +82,16 @@ class GreeterServicer(greeter_pb2_grpc.GreeterServicer):
         finally:
             self.in_flight -= 1
 
-    async def SayHelloStream(  # noqa: N802
-        self, request: greeter_pb2.HelloRequest, context: grpc.aio.ServicerContext  # type: ignore[type-arg]
+    async def SayHelloStream(
+        self,
+        request: greeter_pb2.HelloRequest,
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> AsyncIterator[greeter_pb2.HelloReply]:
         await self._behave(context)
         for i in range(max(request.count, 1)):
             yield greeter_pb2.HelloReply(message=f"{self.reply_text(request.name)} #{i + 1}")
 
-    async def SayHelloToMany(  # noqa: N802
+    async def SayHelloToMany(
         self,
         request_iterator: AsyncIterator[greeter_pb2.HelloRequest],
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
@@ -96,7 +100,7 @@ class GreeterServicer(greeter_pb2_grpc.GreeterServicer):
         await self._behave(context)
         return greeter_pb2.HelloReply(message=self.reply_text(", ".join(names)))
 
-    async def Chat(  # noqa: N802
+    async def Chat(
         self,
         request_iterator: AsyncIterator[greeter_pb2.HelloRequest],
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]

@@ -217,9 +217,7 @@ class BasePolicy:
         usable = self.usable_subchannels()
         if usable:
             self._control.update_picker(Connectivity.READY, self.build_picker(usable))
-        elif not self._resolved:
-            self._control.update_picker(Connectivity.CONNECTING, QueuePicker())
-        elif any(sc.still_trying for sc in self._ordered):
+        elif not self._resolved or any(sc.still_trying for sc in self._ordered):
             self._control.update_picker(Connectivity.CONNECTING, QueuePicker())
         else:
             message = describe_unreachable(self._control.target, self._ordered)

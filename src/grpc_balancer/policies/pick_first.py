@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from grpc_balancer.errors import ServiceConfigError
 from grpc_balancer.picker import FailPicker, PickInfo, QueuePicker
 from grpc_balancer.policies.base import (
     BasePolicy,
@@ -22,7 +23,6 @@ from grpc_balancer.policies.base import (
     describe_unreachable,
     register_policy,
 )
-from grpc_balancer.errors import ServiceConfigError
 from grpc_balancer.subchannel import Subchannel
 
 NAME = "pick_first"
@@ -57,7 +57,9 @@ class PickFirstPolicy(BasePolicy):
         super().__init__(control, config)
         shuffle = config.get("shuffleAddressList", False)
         if not isinstance(shuffle, bool):
-            raise ServiceConfigError(f"pick_first: shuffleAddressList must be a boolean, got {shuffle!r}")
+            raise ServiceConfigError(
+                f"pick_first: shuffleAddressList must be a boolean, got {shuffle!r}"
+            )
         self._shuffle = shuffle
         self._rng = rng or random.Random()
         self._selected: Subchannel | None = None

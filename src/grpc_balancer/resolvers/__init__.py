@@ -8,4 +8,10 @@ from grpc_balancer.resolvers.base import (
     register_resolver,
 )
 
-__all__ = ["Resolver", "ResolverFactory", "ResolverListener", "ResolverOptions", "register_resolver"]
+__all__ = [
+    "Resolver",
+    "ResolverFactory",
+    "ResolverListener",
+    "ResolverOptions",
+    "register_resolver",
+]

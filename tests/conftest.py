@@ -1,0 +1,15 @@
+"""Shared fixtures: real greeter servers on 127.0.0.1 ephemeral ports."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from grpc_balancer.testing import GreeterFleet
+
+
+@pytest.fixture
+async def fleet3() -> AsyncIterator[GreeterFleet]:
+    async with GreeterFleet(3) as fleet:
+        yield fleet
