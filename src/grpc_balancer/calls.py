@@ -162,12 +162,12 @@ class _CallBase:
         try:
             return await self._attempt.initial_metadata()  # type: ignore[no-any-return]
         except grpc.aio.AioRpcError as err:
-            return Metadata(*(err.initial_metadata() or ()))
+            return Metadata(*(err.initial_metadata() or ()))  # type: ignore[arg-type]
 
     async def trailing_metadata(self) -> Metadata:
         await self._settled()
         if self._error is not None:
-            return Metadata(*(self._error.trailing_metadata() or ()))
+            return Metadata(*(self._error.trailing_metadata() or ()))  # type: ignore[arg-type]
         if self._attempt is None:
             return Metadata()
         return await self._attempt.trailing_metadata()  # type: ignore[no-any-return]

@@ -110,8 +110,12 @@ async def serve_forever(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
+    background: set[asyncio.Task[None]] = set()
+
     def toggle_health() -> None:
-        loop.create_task(server.set_serving(not server.serving))
+        task = loop.create_task(server.set_serving(not server.serving))
+        background.add(task)
+        task.add_done_callback(background.discard)
 
     loop.add_signal_handler(signal.SIGUSR1, toggle_health)
     if on_started is not None:
