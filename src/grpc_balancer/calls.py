@@ -162,7 +162,7 @@ class _CallBase:
         try:
             return await self._attempt.initial_metadata()  # type: ignore[no-any-return]
         except grpc.aio.AioRpcError as err:
-            return Metadata(*(err.initial_metadata() or ()))  # type: ignore[arg-type]
+            return Metadata(*(err.initial_metadata() or ()))
 
     async def trailing_metadata(self) -> Metadata:
         await self._settled()
