@@ -308,6 +308,7 @@ class BalancedUnaryUnaryCall(_CallBase, grpc.aio.UnaryUnaryCall[Any, Any]):
         mc: BalancedUnaryUnaryMultiCallable = self._mc  # type: ignore[assignment]
         transparent = 0
         while True:
+            picker = self._channel.picker
             sc = await self._pick()
             self._subchannel = sc
             attempt = mc.inner(sc)(
@@ -334,6 +335,9 @@ class BalancedUnaryUnaryCall(_CallBase, grpc.aio.UnaryUnaryCall[Any, Any]):
                 ):
                     transparent += 1
                     self._info.exclude = self._info.exclude | {sc}
+                    # The picker has not seen the failure yet: give the subchannel's
+                    # state change a moment to land rather than re-sending blindly.
+                    await self._channel.wait_for_picker_change(picker, self._deadline, 1.0)
                     continue
                 raise
             except asyncio.CancelledError:

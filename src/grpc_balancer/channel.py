@@ -238,6 +238,19 @@ class BalancedChannel(grpc.aio.Channel):
                 return sc
             await self._wait_for_picker_after(picker, deadline)
 
+    async def wait_for_picker_change(
+        self, picker: Picker, deadline: float | None, at_most: float
+    ) -> None:
+        """Wait until ``picker`` is replaced, for at most ``at_most`` s and never past
+        ``deadline`` (returns quietly either way)."""
+        if self._picker is not picker:
+            return
+        timeout = at_most if deadline is None else min(at_most, deadline - time.monotonic())
+        if timeout <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._next_picker_future()), timeout)
+
     async def _wait_for_picker_after(self, picker: Picker, deadline: float | None) -> None:
         if self._picker is not picker:
             return

@@ -75,6 +75,7 @@ class Subchannel:
         self._watch_task: asyncio.Task[None] | None = None
         self._closing = False
         self._usable = False
+        self._probe_pending = False
 
     # -- state -----------------------------------------------------------------------
     @property
@@ -91,6 +92,8 @@ class Subchannel:
         """Not usable yet but may become so soon (counts as CONNECTING, not failure)."""
         if self.connectivity is Connectivity.READY:
             return self.health == HEALTH_UNKNOWN and not self.ejected
+        if self._probe_pending:
+            return True  # failed, but not reported until we know why
         return (
             self.connectivity in (Connectivity.IDLE, Connectivity.CONNECTING)
             and not self.failed_since_ready
@@ -156,12 +159,16 @@ class Subchannel:
             self.ready_since = None
             log.info("%s: %s -> TRANSIENT_FAILURE", self.address, previous.name)
             # Publish only once we know why, so the first failing call can say it.
-            asyncio.get_running_loop().create_task(self._probe_then_publish())
+            if not self._probe_pending:
+                self._probe_pending = True
+                asyncio.get_running_loop().create_task(self._probe_then_publish())
             return
         else:
             if previous is Connectivity.READY:
                 self.ready_since = None
                 log.info("%s: READY -> %s", self.address, state.name)
+            if self._probe_pending:
+                return  # still failed (sticky); the probe publishes when it knows why
         self._changed()
 
     async def _probe_then_publish(self) -> None:
@@ -175,8 +182,8 @@ class Subchannel:
                 self.last_error = _short_error(err.details() or "")
         except Exception:  # pragma: no cover - a closed channel during shutdown
             pass
-        if self.connectivity is Connectivity.TRANSIENT_FAILURE:
-            self._changed()
+        self._probe_pending = False
+        self._changed()
 
     def record_failure_detail(self, details: str) -> None:
         """A call on this subchannel failed with UNAVAILABLE: remember why."""
