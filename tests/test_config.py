@@ -73,7 +73,7 @@ def test_bad_configs_name_the_problem(
 
 
 def test_policy_config_fields_are_validated_at_channel_creation() -> None:
-    with pytest.raises(ServiceConfigError, match="pick_first: unknown config field.*'shuffle'"):
+    with pytest.raises(ServiceConfigError, match=r"pick_first: unknown config field.*'shuffle'"):
         grpc_balancer.aio.insecure_channel(
             "static:///a:1",
             service_config={"loadBalancingConfig": [{"pick_first": {"shuffle": True}}]},
