@@ -1,0 +1,124 @@
+"""The CLI end to end, in subprocesses, as a user runs it."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from grpc_balancer.testing import ServerProcesses, cli_env, free_port
+
+RESPONSE = re.compile(r"^Response from server: Hello (\w+) \(from :(\d+)\)$")
+
+
+def run_cli(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "grpc_balancer", *args],
+        env=cli_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _serve(*args: str, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "grpc_balancer", "serve", *args],
+        env=cli_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_serve_prints_banner_and_stops_cleanly_on_sigterm(how: str) -> None:
+    port = free_port()
+    if how == "flag":
+        proc = _serve("--host", "127.0.0.1", "--port", str(port))
+    else:
+        proc = _serve("--host", "127.0.0.1", SERVER_PORT=str(port))
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().rstrip("\n") == (
+            f"🚀 Starting the load-balanced gRPC server on :{port}..."
+        )
+        result = run_cli("call", "--target", f"static:///127.0.0.1:{port}", "-n", "1")
+        assert result.returncode == 0, result.stderr
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_call_alternates_between_two_servers_like_the_seed() -> None:
+    with ServerProcesses(2) as fleet:
+        target = "static:///" + ",".join(f"localhost:{s.port}" for s in fleet.servers)
+        result = run_cli("call", "--target", target)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "🚀 Running the gRPC client with load balancing..."
+    replies = [RESPONSE.match(line) for line in lines[1:5]]
+    assert all(replies), lines
+    ports = [int(m.group(2)) for m in replies if m]
+    assert ports[0] != ports[1] and ports[0] == ports[2] and ports[1] == ports[3]
+    assert {m.group(1) for m in replies if m} == {"World"}
+    table = "\n".join(lines[5:])
+    for server in fleet.servers:
+        assert re.search(rf"localhost:{server.port}\s+2\s+50\.0%", table), table
+
+
+def test_call_reports_failures_with_exit_1() -> None:
+    result = run_cli("call", "--target", f"static:///127.0.0.1:{free_port()}", "-n", "2")
+    assert result.returncode == 1
+    assert result.stderr.count("Call failed: UNAVAILABLE: no backend reachable") == 2
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_needs_nothing_running() -> None:
+    result = run_cli("demo")
+    assert result.returncode == 0, result.stderr
+    banners = re.findall(r"Starting the load-balanced gRPC server on :(\d+)", result.stdout)
+    assert len(banners) == 3
+    ports = [
+        int(p)
+        for p in re.findall(
+            r"^Response from server: Hello World \(from :(\d+)\)$", result.stdout, re.M
+        )
+    ]
+    assert len(ports) == 9
+    assert {ports.count(int(p)) for p in banners} == {3}
+    assert all(a != b for a, b in zip(ports, ports[1:], strict=False))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["call", "--target", "static:///"], "no endpoint"),
+        (["call", "--target", "static:///,"], "empty address list"),
+        (["call", "--target", "nosuch:///a:1"], "unknown scheme 'nosuch'"),
+        (["call", "--policy", "fastest"], "unknown load-balancing policy 'fastest'"),
+        (["call", "--target", "static:///a:70000"], "out of range"),
+        (["call", "--service-config", "{bad"], "not valid JSON"),
+        (["serve", "--port", "70000"], "out of range"),
+        (["serve", "--fail-rate", "2"], "--fail-rate must be between 0 and 1"),
+        (["call", "-n", "0"], "must be at least 1"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
+    result = run_cli(*args, timeout=30)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_server_port_env_is_exit_2() -> None:
+    result = run_cli("serve", SERVER_PORT="fifty")
+    assert result.returncode == 2
+    assert "SERVER_PORT" in result.stderr and "Traceback" not in result.stderr
