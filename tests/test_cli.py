@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import signal
 import subprocess
@@ -49,7 +50,7 @@ def test_serve_prints_banner_and_stops_cleanly_on_sigterm(how: str) -> None:
         result = run_cli("call", "--target", f"static:///127.0.0.1:{port}", "-n", "1")
         assert result.returncode == 0, result.stderr
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=20)
+        _out, err = proc.communicate(timeout=20)
     finally:
         proc.kill()
     assert proc.returncode == 0, err
@@ -93,7 +94,7 @@ def test_demo_needs_nothing_running() -> None:
     ]
     assert len(ports) == 9
     assert {ports.count(int(p)) for p in banners} == {3}
-    assert all(a != b for a, b in zip(ports, ports[1:], strict=False))
+    assert all(a != b for a, b in itertools.pairwise(ports))
 
 
 @pytest.mark.parametrize(
