@@ -205,6 +205,9 @@ class _CallBase:
     async def _pick(self) -> Subchannel:
         if self._cancelled:
             raise rpc_error(grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
+        sc = self._channel.pick_now(self._info, self._wait_for_ready)
+        if sc is not None:
+            return sc
         return await self._channel.pick(self._info, self._deadline, self._wait_for_ready)
 
     def _remaining(self) -> float | None:

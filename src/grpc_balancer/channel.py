@@ -217,6 +217,17 @@ class BalancedChannel(grpc.aio.Channel):
         )
 
     # -- picking (used by the call objects) ---------------------------------------------------------
+    def pick_now(self, info: PickInfo, wait_for_ready: bool) -> Subchannel | None:
+        """The fast path: the current picker's answer, or ``None`` to wait in :meth:`pick`."""
+        if self._closed or self._loop is None:
+            return None
+        try:
+            return self._picker.pick(info)
+        except PickError as err:
+            if wait_for_ready and err.code is grpc.StatusCode.UNAVAILABLE:
+                return None
+            raise rpc_error(err.code, err.message) from None
+
     async def pick(
         self, info: PickInfo, deadline: float | None, wait_for_ready: bool
     ) -> Subchannel:
