@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from grpc_balancer.testing import GreeterFleet
+from tests.dnsmasq import dnsmasq  # noqa: F401  (fixture: a real DNS server)
 
 
 @pytest.fixture

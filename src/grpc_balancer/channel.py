@@ -89,6 +89,7 @@ class BalancedChannel(grpc.aio.Channel):
         self._policy = self._policy_factory(self, self.config.policy_config)
         # Likewise the target: resolvers parse it in their constructor.
         self._resolver = self._resolver_factory(self._target, self, self._resolver_options)
+        self._options = _with_authority(self._options, self._resolver)
         with contextlib.suppress(RuntimeError):
             self._start(asyncio.get_running_loop())
 
@@ -412,3 +413,13 @@ def _merge_options(options: ChannelOptions | None) -> list[tuple[str, Any]]:
     merged += [(k, v) for k, v in user if k != "grpc.use_local_subchannel_pool"]
     merged.append(("grpc.use_local_subchannel_pool", 1))
     return merged
+
+
+def _with_authority(options: list[tuple[str, Any]], resolver: Resolver) -> list[tuple[str, Any]]:
+    """A resolver may name the authority (e.g. DNS: the looked-up name), so TLS verifies
+    that name rather than the resolved IP; the user's own setting wins."""
+    authority = getattr(resolver, "authority", None)
+    keys = {k for k, _ in options}
+    if not authority or keys & {"grpc.default_authority", "grpc.ssl_target_name_override"}:
+        return options
+    return [*options, ("grpc.default_authority", authority)]
