@@ -9,6 +9,7 @@ import grpc
 import grpc.aio
 
 from grpc_balancer.channel import BalancedChannel
+from grpc_balancer.resolvers.base import ResolverOptions
 from grpc_balancer.subchannel import ChannelOptions
 
 __all__ = ["BalancedChannel", "insecure_channel", "secure_channel"]
@@ -21,6 +22,7 @@ def insecure_channel(
     service_config: str | Mapping[str, Any] | None = None,
     options: ChannelOptions | None = None,
     interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+    resolver_options: ResolverOptions | None = None,
 ) -> BalancedChannel:
     """A plaintext balanced channel, e.g.
     ``insecure_channel("static:///localhost:50051,localhost:50052", policy="round_robin")``.
@@ -34,6 +36,7 @@ def insecure_channel(
         service_config=service_config,
         options=options,
         interceptors=interceptors,
+        resolver_options=resolver_options,
     )
 
 
@@ -45,6 +48,7 @@ def secure_channel(
     service_config: str | Mapping[str, Any] | None = None,
     options: ChannelOptions | None = None,
     interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+    resolver_options: ResolverOptions | None = None,
 ) -> BalancedChannel:
     """Like :func:`insecure_channel`, with TLS ``credentials`` on every endpoint."""
     return BalancedChannel(
@@ -54,4 +58,5 @@ def secure_channel(
         service_config=service_config,
         options=options,
         interceptors=interceptors,
+        resolver_options=resolver_options,
     )
