@@ -65,7 +65,9 @@ class DnsmasqServer:
 
     def set_srv(self, name: str, records: Sequence[tuple[str, int, int, int]]) -> None:
         """``records``: (target, port, priority, weight). Restarts dnsmasq to apply."""
-        lines = [f"srv-host={name},{t},{port},{prio},{weight}\n" for t, port, prio, weight in records]
+        lines = [
+            f"srv-host={name},{t},{port},{prio},{weight}\n" for t, port, prio, weight in records
+        ]
         self.conf.write_text("".join(lines))
         if self.proc is not None and self.proc.poll() is None:
             self.stop()

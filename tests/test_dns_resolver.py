@@ -138,7 +138,9 @@ async def test_srv_two_ports_carry_weights_and_priorities(dnsmasq: DnsmasqServer
     async with GreeterFleet(2) as fleet:
         p0, p1 = fleet.ports
         dnsmasq.set_a("node.test", ["127.0.0.1"])
-        dnsmasq.set_srv("_grpc._tcp.greeter.test", [("node.test", p0, 0, 10), ("node.test", p1, 0, 30)])
+        dnsmasq.set_srv(
+            "_grpc._tcp.greeter.test", [("node.test", p0, 0, 10), ("node.test", p1, 0, 30)]
+        )
         target = dnsmasq.srv_target("_grpc._tcp.greeter.test")
         async with _resolver(target) as (_, rec):
             await eventually(lambda: bool(rec.updates), timeout=10)

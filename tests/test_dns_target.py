@@ -44,7 +44,11 @@ def test_valid_forms() -> None:
     assert parse_dns_target(parse_target("dns://10.0.0.2/a.test:80")).server == ("10.0.0.2", 53)
     assert parse_dns_target(parse_target("a.test:80")).authority == "a.test:80"
     srv = parse_dns_target(parse_target("dns+srv:///_grpc._tcp.greeter.test"))
-    assert (srv.server, srv.srv_name, srv.authority) == (None, "_grpc._tcp.greeter.test", "greeter.test")
+    assert (srv.server, srv.srv_name, srv.authority) == (
+        None,
+        "_grpc._tcp.greeter.test",
+        "greeter.test",
+    )
     assert parse_dns_target(parse_target("dns:///127.0.0.1:80")).authority is None
 
 

@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import grpc
 
 from grpc_balancer import aio
+from grpc_balancer.cli_resolve import add_resolve_parser
 from grpc_balancer.errors import BalancerConfigError
 from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.greeter.servicer import Faults
@@ -95,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-n", "--count", type=_positive_int, default=9)
     demo.add_argument("--policy", default="round_robin")
     demo.set_defaults(func=cmd_demo)
+
+    add_resolve_parser(sub)
     return parser
 
 

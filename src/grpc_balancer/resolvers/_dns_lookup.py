@@ -47,9 +47,7 @@ class _Addresses:
     ttl: float | None
 
 
-def make_resolver(
-    server: tuple[str, int] | None, timeout_s: float
-) -> dns.asyncresolver.Resolver:
+def make_resolver(server: tuple[str, int] | None, timeout_s: float) -> dns.asyncresolver.Resolver:
     """A dnspython resolver asking ``server`` (or the system's, from /etc/resolv.conf).
 
     Raises :class:`DnsLookupError` when there is no system configuration.
