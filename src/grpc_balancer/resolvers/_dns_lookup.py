@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import dns.asyncresolver
 import dns.exception
@@ -26,6 +26,8 @@ import dns.resolver
 
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.target import join_host_port
+
+_T = TypeVar("_T")
 
 
 class DnsLookupError(Exception):
@@ -100,9 +102,7 @@ async def lookup_srv(
     records = sorted(answer, key=lambda r: (r.priority, -r.weight, str(r.target), r.port))
     ttl: float | None = float(answer.rrset.ttl)
     targets = sorted({_target_name(r.target) for r in records} - {""})
-    found = await asyncio.gather(
-        *(_addresses(resolver, t, search=search, label=label) for t in targets)
-    )
+    found = await _gather(*(_addresses(resolver, t, search=search, label=label) for t in targets))
     by_target = dict(zip(targets, found, strict=True))
     endpoints: list[Endpoint] = []
     seen: set[str] = set()
@@ -136,7 +136,7 @@ def _target_name(name: dns.name.Name) -> str:
 async def _addresses(
     resolver: dns.asyncresolver.Resolver, host: str, *, search: bool, label: str
 ) -> _Addresses:
-    v4, v6 = await asyncio.gather(
+    v4, v6 = await _gather(
         _one_type(resolver, host, "A", search=search, label=label),
         _one_type(resolver, host, "AAAA", search=search, label=label),
     )
@@ -154,6 +154,16 @@ async def _one_type(
         raise DnsLookupError(_describe(host, rdtype, label, exc, resolver.lifetime)) from None
     ips = sorted({rr.address for rr in answer}, key=ipaddress.ip_address)
     return _Addresses(ips, float(answer.rrset.ttl))
+
+
+async def _gather(*aws: Awaitable[_T]) -> list[_T]:
+    """Like ``asyncio.gather``, but waits for every lookup before raising the first
+    error, so no failed lookup is left running with its exception unretrieved."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
 
 
 def _min_ttl(a: float | None, b: float | None) -> float | None:

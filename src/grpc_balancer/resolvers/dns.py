@@ -254,8 +254,12 @@ class DnsResolver:
             if isinstance(result, DnsLookupError):
                 lookups.append(None)
                 errors.append(str(result))
-            elif isinstance(result, BaseException):
+            elif isinstance(result, asyncio.CancelledError):
                 raise result
+            elif isinstance(result, BaseException):  # a bug, not a DNS answer: keep going
+                log.error("%s: unexpected lookup failure", self._target, exc_info=result)
+                lookups.append(None)
+                errors.append(f"DNS lookup failed unexpectedly: {type(result).__name__}: {result}")
             else:
                 lookups.append(result)
         return self._merge(lookups, errors)
