@@ -279,6 +279,26 @@ async def test_ip_literals_and_localhost_need_no_dns_server() -> None:
             assert sorted(await say_hello_ports(ch, 4)) == sorted([p0, p0, p1, p1])
 
 
+async def test_names_in_the_hosts_file_need_no_dns_server(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("# comment\n127.0.0.1 other.test\n127.0.0.1  Hosted.Test  alias\n")
+    options = ResolverOptions(
+        min_refresh_s=0.1,
+        max_refresh_s=0.5,
+        extra={"hosts_file": str(hosts), "query_timeout_s": 0.3},
+    )
+    async with GreeterFleet(1) as fleet:
+        # no DNS server named: the hosts file is read first, like getaddrinfo does
+        target = f"dns:///hosted.test:{fleet.ports[0]}"
+        async with grpc_balancer.aio.insecure_channel(target, resolver_options=options) as ch:
+            assert await say_hello_ports(ch, 2) == [fleet.ports[0]] * 2
+    async with _resolver("dns:///alias:80", options) as (_, rec):
+        await eventually(lambda: bool(rec.updates))
+        assert rec.addresses == ["127.0.0.1:80"]
+        hosts.write_text("127.0.0.2 alias\n::1 alias\n")  # edits are picked up
+        await eventually(lambda: rec.addresses == ["127.0.0.2:80", "[::1]:80"], timeout=15)
+
+
 async def test_list_of_names_merges_and_keeps_a_failing_items_last_answer(
     dnsmasq: DnsmasqServer,
 ) -> None:

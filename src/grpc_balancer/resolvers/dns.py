@@ -2,7 +2,7 @@
 
 Forms::
 
-    dns:///name:port                  the system's DNS servers (/etc/resolv.conf)
+    dns:///name:port                  /etc/hosts, then the system's DNS servers
     dns://10.0.0.2:5353/name:port     ask this server (port defaults to 53)
     dns:///h1:p1,h2:p2                each item resolved, the results merged
     dns+srv:///_grpc._tcp.name        SRV: ports, weights, priorities from the records
@@ -42,6 +42,7 @@ from grpc_balancer.resolvers._dns_lookup import (
     make_resolver,
     server_label,
 )
+from grpc_balancer.resolvers._hosts_file import HostsFile
 from grpc_balancer.resolvers.base import ResolverListener, ResolverOptions, register_resolver
 from grpc_balancer.target import (
     Target,
@@ -167,6 +168,9 @@ class DnsResolver:
         self._options = options
         self._timeout_s = _positive_float(options.extra, "query_timeout_s", DEFAULT_QUERY_TIMEOUT_S)
         self._label = server_label(self._spec.server)
+        # Like getaddrinfo: without a named DNS server, /etc/hosts is read first.
+        hosts_path = (options.extra or {}).get("hosts_file", "/etc/hosts")
+        self._hosts = HostsFile(str(hosts_path)) if self._spec.server is None else None
         self._dns: dns.asyncresolver.Resolver | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -267,6 +271,12 @@ class DnsResolver:
     async def _lookup_item(self, host: str, port: int, search: bool) -> Lookup:
         if _needs_no_query(host):
             return Lookup([_fixed_endpoint(host, port)], None)
+        listed = self._hosts.lookup(host) if self._hosts is not None else []
+        if listed:
+            meta = {"host": host, "source": "hosts file"}
+            return Lookup(
+                [Endpoint(join_host_port(ip, port), metadata=meta) for ip in listed], None
+            )
         assert self._dns is not None
         return await lookup_host(self._dns, host, port, search=search, label=self._label)
 
