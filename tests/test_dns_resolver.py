@@ -367,5 +367,12 @@ async def test_tls_verifies_the_dns_name_not_the_resolved_ip(
         creds = grpc.ssl_channel_credentials(root_certificates=cert)
         async with grpc_balancer.aio.secure_channel(dnsmasq.target(NAME, port), creds) as ch:
             assert await say_hello_ports(ch, 2) == [port, port]
+        # The user's own override wins over the resolver's authority.
+        dnsmasq.set_a("alias.test", ["127.0.0.1"])
+        override = [("grpc.ssl_target_name_override", NAME)]
+        async with grpc_balancer.aio.secure_channel(
+            dnsmasq.target("alias.test", port), creds, options=override
+        ) as ch:
+            assert await say_hello_ports(ch, 1) == [port]
     finally:
         await server.stop(0)
