@@ -241,16 +241,10 @@ class DnsResolver:
     async def _resolve_once(self) -> tuple[list[Endpoint] | None, float | None, str | None]:
         """(merged endpoints or None if nothing is known, TTL, error text or None)."""
         self.resolutions += 1
-        try:
-            if self._dns is None:
-                self._dns = make_resolver(self._spec.server, self._timeout_s)
-        except DnsLookupError as exc:
-            return self._merge([], [str(exc)])
-        search = self._spec.server is None
         if self._spec.srv_name is not None:
-            jobs = [lookup_srv(self._dns, self._spec.srv_name, search=search, label=self._label)]
+            jobs = [self._lookup_srv(self._spec.srv_name)]
         else:
-            jobs = [self._lookup_item(host, port, search) for host, port in self._spec.items]
+            jobs = [self._lookup_item(host, port) for host, port in self._spec.items]
         results = await asyncio.gather(*jobs, return_exceptions=True)
         lookups: list[Lookup | None] = []
         errors: list[str] = []
@@ -268,7 +262,18 @@ class DnsResolver:
                 lookups.append(result)
         return self._merge(lookups, errors)
 
-    async def _lookup_item(self, host: str, port: int, search: bool) -> Lookup:
+    def _resolver(self) -> dns.asyncresolver.Resolver:
+        """dnspython's resolver, made on first need (a missing resolv.conf is a lookup
+        error, retried, not a crash; names from /etc/hosts work without it)."""
+        if self._dns is None:
+            self._dns = make_resolver(self._spec.server, self._timeout_s)
+        return self._dns
+
+    async def _lookup_srv(self, name: str) -> Lookup:
+        search = self._spec.server is None
+        return await lookup_srv(self._resolver(), name, search=search, label=self._label)
+
+    async def _lookup_item(self, host: str, port: int) -> Lookup:
         if _needs_no_query(host):
             return Lookup([_fixed_endpoint(host, port)], None)
         listed = self._hosts.lookup(host) if self._hosts is not None else []
@@ -277,8 +282,8 @@ class DnsResolver:
             return Lookup(
                 [Endpoint(join_host_port(ip, port), metadata=meta) for ip in listed], None
             )
-        assert self._dns is not None
-        return await lookup_host(self._dns, host, port, search=search, label=self._label)
+        search = self._spec.server is None
+        return await lookup_host(self._resolver(), host, port, search=search, label=self._label)
 
     def _merge(
         self, lookups: Sequence[Lookup | None], errors: list[str]
