@@ -8,6 +8,7 @@ import pytest
 
 from grpc_balancer.testing import GreeterFleet
 from tests.dnsmasq import dnsmasq  # noqa: F401  (fixture: a real DNS server)
+from tests.etcd_cluster import etcd_cluster3, etcd_node  # noqa: F401  (fixtures: real etcd)
 
 
 @pytest.fixture

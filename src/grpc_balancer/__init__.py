@@ -21,6 +21,7 @@ from grpc_balancer.resolvers.base import (
     ResolverOptions,
     register_resolver,
 )
+from grpc_balancer.server.registration import Registration, RegistrationError, registration
 from grpc_balancer.subchannel import Subchannel
 from grpc_balancer.target import Target, parse_target
 
@@ -36,6 +37,8 @@ __all__ = [
     "PickInfo",
     "Picker",
     "Policy",
+    "Registration",
+    "RegistrationError",
     "Resolver",
     "ResolverListener",
     "ResolverOptions",
@@ -48,4 +51,5 @@ __all__ = [
     "parse_target",
     "register_policy",
     "register_resolver",
+    "registration",
 ]

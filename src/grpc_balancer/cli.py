@@ -20,11 +20,13 @@ from typing import Any, NoReturn
 import grpc
 
 from grpc_balancer import aio
+from grpc_balancer.cli_register import add_register_args, registration_hooks
 from grpc_balancer.cli_resolve import add_resolve_parser
 from grpc_balancer.errors import BalancerConfigError
 from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.greeter.servicer import Faults
 from grpc_balancer.server.greeter_server import GreeterServer, serve_forever
+from grpc_balancer.server.registration import RegistrationError
 from grpc_balancer.target import parse_port
 
 DEFAULT_TARGET = "static:///localhost:50051,localhost:50052"
@@ -76,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--grace", type=float, default=5.0, help="seconds for in-flight calls on stop"
     )
     _add_fault_args(serve)
+    add_register_args(serve)
     serve.set_defaults(func=cmd_serve)
 
     call = sub.add_parser("call", help="call greeter servers through a balanced channel")
@@ -158,10 +161,12 @@ def server_port_from_env() -> int:
 async def cmd_serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else server_port_from_env()
     server = GreeterServer(port, args.host, faults=faults_from_args(args), grace_s=args.grace)
+    hooks = registration_hooks(args)  # --register: validated before the server starts
     print(f"🚀 Starting the load-balanced gRPC server on :{port}...", flush=True)
     try:
-        await serve_forever(server)
-    except OSError as exc:
+        await serve_forever(server, **hooks)
+    except (OSError, RegistrationError) as exc:
+        await server.stop(0)
         print(f"grpc-balancer: error: {exc}", file=sys.stderr)
         return 1
     print(f"Server on :{server.port} stopped.", flush=True)

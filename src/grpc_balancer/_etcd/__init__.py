@@ -1,0 +1,1 @@
+"""Private etcd plumbing shared by the ``etcd://`` resolver and server registration."""

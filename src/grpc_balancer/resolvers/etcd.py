@@ -1,0 +1,180 @@
+"""``etcd://h1:2379,h2:2379/services/greeter``: endpoints registered in etcd.
+
+Keys ``<prefix>/<addr>`` hold values in the format of etcd's Go ``naming/endpoints``
+manager (see :mod:`grpc_balancer._etcd.codec`). The resolver reads the prefix, pushes
+the list, then watches from the next revision and pushes each change. On compaction
+it re-reads at once; on any other watch or connection error it reports the error
+(the channel keeps the last good list), moves to the next etcd member and re-reads
+after a capped exponential backoff. An empty prefix is a real empty list.
+
+A value that does not parse is skipped with a warning naming the key; if that key
+held a good value before, the old endpoint stays (as in Go's watcher).
+``resolve_now()`` is ignored: while the watch is up the list is already current.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+
+from grpc_balancer._etcd.client import EtcdClient, EtcdError
+from grpc_balancer._etcd.codec import BadValueError, decode_endpoint
+from grpc_balancer._etcd.settings import BACKOFF_BASE_S, EtcdSettings, parse_etcd_target
+from grpc_balancer.endpoint import Endpoint
+from grpc_balancer.resolvers.base import ResolverListener, ResolverOptions, register_resolver
+from grpc_balancer.target import Target
+
+log = logging.getLogger("grpc_balancer.resolvers.etcd")
+
+SCHEME = "etcd"
+_PUT, _DELETE = 0, 1  # mvccpb.Event.EventType
+
+
+class _Compacted(Exception):
+    """The watch fell behind a compaction: re-read the prefix (not an error)."""
+
+
+class EtcdResolver:
+    """Lists and watches one prefix in a background task."""
+
+    def __init__(
+        self, target: Target, listener: ResolverListener, options: ResolverOptions
+    ) -> None:
+        self._target = target
+        self.settings: EtcdSettings = parse_etcd_target(target, options.extra)
+        self._listener = listener
+        self._client = EtcdClient(self.settings)
+        self._task: asyncio.Task[None] | None = None
+        self._rng = random.Random()
+        self._entries: dict[str, Endpoint] = {}  # etcd key -> endpoint, key order
+        self._warned: set[tuple[str, int]] = set()  # (key, mod_revision) already logged
+        self._last_pushed: list[Endpoint] | None = None
+        self._error: str | None = None
+        self._closed = False
+        #: Prefix reads done so far, and the revision the watch is at (for tests, repr).
+        self.listings = 0
+        self.revision = 0
+
+    # -- Resolver protocol --------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"grpc_balancer.etcd[{self._target.raw}]"
+        )
+
+    def resolve_now(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._client.disconnect()
+
+    # -- list, then watch ---------------------------------------------------------------
+    async def _run(self) -> None:
+        failures = 0
+        while not self._closed:
+            try:
+                await self._client.connect()
+                while True:
+                    start = await self._list()
+                    failures = 0
+                    try:
+                        await self._watch(start)
+                    except _Compacted as exc:
+                        log.info("%s: %s; reading the prefix again", self._target.raw, exc)
+            except EtcdError as exc:
+                failures += 1
+                self._report(str(exc))
+                self._client.rotate()
+                await self._client.disconnect()
+                await asyncio.sleep(self._backoff(failures))
+
+    async def _list(self) -> int:
+        """Read the whole prefix, push it; the revision to watch from."""
+        reply = await self._client.get_prefix(self.settings.key_prefix)
+        self.listings += 1
+        old, self._entries = self._entries, {}
+        for kv in reply.kvs:
+            key = kv.key.decode(errors="replace")
+            self._apply_put(key, kv.value, kv.mod_revision, old.get(key))
+        self.revision = int(reply.header.revision)
+        self._push()
+        return self.revision + 1
+
+    async def _watch(self, start_revision: int) -> None:
+        async for response in self._client.watch_prefix(self.settings.key_prefix, start_revision):
+            if response.compact_revision:
+                raise _Compacted(
+                    f"watch from revision {start_revision} was compacted "
+                    f"(oldest kept: {response.compact_revision})"
+                )
+            if response.canceled:
+                reason = response.cancel_reason or "no reason given"
+                raise EtcdError(f"etcd {self._client.endpoint}: watch canceled: {reason}")
+            for event in response.events:
+                key = event.kv.key.decode(errors="replace")
+                if event.type == _DELETE:
+                    self._entries.pop(key, None)
+                else:
+                    previous = self._entries.pop(key, None)
+                    self._apply_put(key, event.kv.value, event.kv.mod_revision, previous)
+            if response.header.revision:
+                self.revision = int(response.header.revision)
+            if response.events:
+                self._entries = dict(sorted(self._entries.items()))
+                self._push()
+
+    def _apply_put(self, key: str, value: bytes, revision: int, previous: Endpoint | None) -> None:
+        try:
+            endpoint = decode_endpoint(value)
+        except BadValueError as exc:
+            if (key, revision) not in self._warned:
+                self._warned.add((key, revision))
+                kept = f"; keeping its previous {previous.address}" if previous else ""
+                log.warning("%s: skipping key %r: %s%s", self._target.raw, key, exc, kept)
+            endpoint = previous
+        if endpoint is not None:
+            self._entries[key] = endpoint
+
+    # -- reporting ----------------------------------------------------------------------
+    def _push(self) -> None:
+        if self._closed:
+            return
+        merged: dict[str, Endpoint] = {}
+        for endpoint in self._entries.values():
+            merged.setdefault(endpoint.address, endpoint)  # two keys, one address: once
+        endpoints = list(merged.values())
+        recovered = self._error is not None
+        if endpoints != self._last_pushed or recovered:
+            self._last_pushed = endpoints
+            self._listener.on_endpoints(list(endpoints))
+        if recovered:
+            log.info("%s: etcd read again via %s", self._target.raw, self._client.endpoint)
+            self._error = None
+
+    def _report(self, error: str) -> None:
+        if self._closed:
+            return
+        if error != self._error:
+            log.info("%s: %s (keeping the last good list, retrying)", self._target.raw, error)
+        self._error = error
+        self._listener.on_resolver_error(error)
+
+    def _backoff(self, failures: int) -> float:
+        if failures <= 1 and len(self.settings.endpoints) > 1:
+            return 0.0  # first failure: try the next member at once
+        delay = min(self.settings.max_backoff_s, BACKOFF_BASE_S * 2 ** (failures - 1))
+        return float(delay * self._rng.uniform(0.8, 1.2))
+
+    def __repr__(self) -> str:
+        state = f"error={self._error!r}" if self._error else f"endpoints={self._last_pushed}"
+        return f"<EtcdResolver {self._target.raw!r} revision={self.revision} {state}>"
+
+
+register_resolver(SCHEME, EtcdResolver)

@@ -1,0 +1,220 @@
+"""The ``etcd://`` resolver against a real etcd (Debian's) and real greeter servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Sequence
+
+import grpc
+import pytest
+
+import grpc_balancer
+from grpc_balancer.endpoint import Endpoint
+from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.resolvers.base import ResolverOptions
+from grpc_balancer.resolvers.etcd import EtcdResolver
+from grpc_balancer.target import parse_target
+from grpc_balancer.testing import GreeterFleet, free_port
+from tests.etcd_cluster import EtcdCluster
+from tests.helpers import eventually, say_hello_ports
+
+PREFIX = "services/greeter"
+
+
+def go_value(addr: str, metadata: object = None) -> str:
+    """What etcd's Go endpoints.Manager.AddEndpoint stores."""
+    return json.dumps({"Op": 0, "Addr": addr, "Metadata": metadata}, separators=(",", ":"))
+
+
+class Recorder:
+    """A ResolverListener that keeps every update and error."""
+
+    def __init__(self) -> None:
+        self.updates: list[list[Endpoint]] = []
+        self.errors: list[str] = []
+
+    def on_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+        self.updates.append(list(endpoints))
+
+    def on_resolver_error(self, error: str) -> None:
+        self.errors.append(error)
+
+    @property
+    def addresses(self) -> set[str] | None:
+        return {e.address for e in self.updates[-1]} if self.updates else None
+
+
+def start_resolver(target: str, listener: object, **extra: object) -> EtcdResolver:
+    resolver = EtcdResolver(parse_target(target), listener, ResolverOptions(extra=extra))  # type: ignore[arg-type]
+    resolver.start()
+    return resolver
+
+
+async def test_keys_put_with_etcdctl_in_go_format_are_used(etcd_node: EtcdCluster) -> None:
+    async with GreeterFleet(3) as fleet:
+        a, b, c = fleet.addresses
+        etcd_node.etcdctl("put", f"{PREFIX}/{a}", go_value(a))
+        etcd_node.etcdctl("put", f"{PREFIX}/{b}", go_value(b))
+        async with grpc_balancer.aio.insecure_channel(
+            etcd_node.target(PREFIX), policy="round_robin"
+        ) as channel:
+            await _until(lambda: _reaches(channel, set(fleet.ports[:2])))
+            etcd_node.etcdctl("put", f"{PREFIX}/{c}", go_value(c))
+            await _until(lambda: _reaches(channel, set(fleet.ports)))
+
+            etcd_node.etcdctl("del", f"{PREFIX}/{a}")
+            await _until(lambda: _only(channel, set(fleet.ports[1:])))
+
+
+async def test_metadata_weight_and_zone_reach_the_endpoint(etcd_node: EtcdCluster) -> None:
+    etcd_node.etcdctl(
+        "put",
+        f"{PREFIX}/127.0.0.1:1001",
+        go_value("127.0.0.1:1001", {"weight": 3, "zone": "eu-1", "v": 2}),
+    )
+    etcd_node.etcdctl("put", f"{PREFIX}/127.0.0.1:1002", go_value("127.0.0.1:1002"))
+    etcd_node.etcdctl("put", "services/greeterX/127.0.0.1:1003", go_value("127.0.0.1:1003"))
+    rec = Recorder()
+    resolver = start_resolver(etcd_node.target(PREFIX), rec)
+    try:
+        await eventually(lambda: bool(rec.updates))
+        assert rec.updates[-1] == [
+            Endpoint("127.0.0.1:1001", weight=3, metadata={"zone": "eu-1", "v": 2}),
+            Endpoint("127.0.0.1:1002"),
+        ]
+    finally:
+        await resolver.close()
+
+
+async def test_garbage_values_are_skipped_with_a_warning_naming_the_key(
+    etcd_node: EtcdCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "grpc_balancer.resolvers.etcd")
+    good = "127.0.0.1:2001"
+    etcd_node.etcdctl("put", f"{PREFIX}/{good}", go_value(good))
+    etcd_node.etcdctl("put", f"{PREFIX}/bad-json", "{not json")
+    rec = Recorder()
+    resolver = start_resolver(etcd_node.target(PREFIX), rec)
+    try:
+        await eventually(lambda: rec.addresses == {good})
+        for key, value in [
+            ("no-addr", '{"Op":0,"Metadata":null}'),
+            ("bad-port", go_value("127.0.0.1:99999")),
+            ("bad-weight", go_value("127.0.0.1:2002", {"weight": "heavy"})),
+            (good, "garbage over a good key"),  # the key keeps its last good endpoint
+            ("fine", go_value("127.0.0.1:2003")),
+        ]:
+            etcd_node.etcdctl("put", f"{PREFIX}/{key}", value)
+        await eventually(lambda: rec.addresses == {good, "127.0.0.1:2003"})
+        assert all(u for u in rec.updates), "a garbage value must never empty the list"
+        warned = " ".join(r.getMessage() for r in caplog.records)
+        for key in ("bad-json", "no-addr", "bad-port", "bad-weight", good):
+            assert f"{PREFIX}/{key}" in warned
+        assert resolver.revision > 0 and not rec.errors
+    finally:
+        await resolver.close()
+
+
+async def test_an_empty_prefix_is_an_empty_list(etcd_node: EtcdCluster) -> None:
+    etcd_node.etcdctl("put", f"{PREFIX}/127.0.0.1:3001", go_value("127.0.0.1:3001"))
+    rec = Recorder()
+    resolver = start_resolver(etcd_node.target(PREFIX), rec)
+    try:
+        await eventually(lambda: rec.addresses == {"127.0.0.1:3001"})
+        etcd_node.etcdctl("del", "--prefix", f"{PREFIX}/")
+        await eventually(lambda: rec.updates[-1] == [])
+        assert not rec.errors
+    finally:
+        await resolver.close()
+
+
+async def test_compaction_past_the_watch_revision_makes_it_read_again(
+    etcd_node: EtcdCluster,
+) -> None:
+    """The list is read at revision R; before the watch starts (the listener is slow),
+    keys change and etcd compacts past R: the watch is refused, the resolver re-reads."""
+    etcd_node.etcdctl("put", f"{PREFIX}/127.0.0.1:4001", go_value("127.0.0.1:4001"))
+
+    class SlowFirstListener(Recorder):
+        def on_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+            super().on_endpoints(endpoints)
+            if len(self.updates) == 1:  # runs on the loop: the watch cannot start yet
+                thread = threading.Thread(target=self._change_and_compact)
+                thread.start()
+                thread.join(30)
+
+        def _change_and_compact(self) -> None:
+            etcd_node.etcdctl("put", f"{PREFIX}/127.0.0.1:4002", go_value("127.0.0.1:4002"))
+            etcd_node.etcdctl("del", f"{PREFIX}/127.0.0.1:4001")
+            etcd_node.etcdctl("compact", str(etcd_node.revision()))
+
+    rec = SlowFirstListener()
+    resolver = start_resolver(etcd_node.target(PREFIX), rec)
+    try:
+        await eventually(lambda: rec.addresses == {"127.0.0.1:4002"})
+        assert resolver.listings == 2
+        assert rec.updates[0] == [Endpoint("127.0.0.1:4001")]
+        assert not rec.errors, "a compaction is not an error"
+        etcd_node.etcdctl("put", f"{PREFIX}/127.0.0.1:4003", go_value("127.0.0.1:4003"))
+        await eventually(lambda: rec.addresses == {"127.0.0.1:4002", "127.0.0.1:4003"})
+    finally:
+        await resolver.close()
+
+
+async def test_unreachable_etcd_fails_calls_with_unavailable_naming_etcd() -> None:
+    target = f"etcd://127.0.0.1:{free_port()}/{PREFIX}"
+    async with grpc_balancer.aio.insecure_channel(target) as channel:
+        stub = greeter_pb2_grpc.GreeterStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.SayHello(greeter_pb2.HelloRequest(name="x"), timeout=3)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "etcd 127.0.0.1:" in (info.value.details() or "")
+
+
+async def test_username_and_password_from_options(etcd_node: EtcdCluster) -> None:
+    etcd_node.etcdctl("user", "add", "root", "--new-user-password=s3cret-pw")
+    etcd_node.etcdctl("auth", "enable")
+    auth = ["--user=root:s3cret-pw"]
+    etcd_node.etcdctl(*auth, "put", f"{PREFIX}/127.0.0.1:5001", go_value("127.0.0.1:5001"))
+    rec = Recorder()
+    resolver = start_resolver(etcd_node.target(PREFIX), rec, username="root", password="s3cret-pw")
+    bad = Recorder()
+    wrong = start_resolver(etcd_node.target(PREFIX), bad, username="root", password="nope-pw")
+    try:
+        await eventually(lambda: rec.addresses == {"127.0.0.1:5001"})
+        await eventually(lambda: bool(bad.errors))
+        assert not bad.updates
+        assert "authentication failed" in bad.errors[0]
+        assert "nope-pw" not in bad.errors[0] and "nope-pw" not in repr(wrong.settings)
+        etcd_node.etcdctl(*auth, "put", f"{PREFIX}/127.0.0.1:5002", go_value("127.0.0.1:5002"))
+        await eventually(lambda: rec.addresses == {"127.0.0.1:5001", "127.0.0.1:5002"})
+    finally:
+        await resolver.close()
+        await wrong.close()
+
+
+async def _until(predicate: object, timeout: float = 10.0) -> None:
+    """Like ``eventually`` for an async predicate."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = predicate()  # type: ignore[operator]
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+async def _only(channel: object, ports: set[int]) -> bool:
+    return set(await say_hello_ports(channel, 6)) == ports
+
+
+async def _reaches(channel: object, ports: set[int]) -> bool:
+    """Calls reach every port in ``ports`` and no other (within a bounded batch)."""
+    return set(await say_hello_ports(channel, 3 * len(ports))) == ports
