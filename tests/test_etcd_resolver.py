@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import threading
 from collections.abc import Sequence
@@ -14,43 +12,18 @@ import pytest
 import grpc_balancer
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
-from grpc_balancer.resolvers.base import ResolverOptions
-from grpc_balancer.resolvers.etcd import EtcdResolver
-from grpc_balancer.target import parse_target
 from grpc_balancer.testing import GreeterFleet, free_port
 from tests.etcd_cluster import EtcdCluster
-from tests.helpers import eventually, say_hello_ports
-
-PREFIX = "services/greeter"
-
-
-def go_value(addr: str, metadata: object = None) -> str:
-    """What etcd's Go endpoints.Manager.AddEndpoint stores."""
-    return json.dumps({"Op": 0, "Addr": addr, "Metadata": metadata}, separators=(",", ":"))
-
-
-class Recorder:
-    """A ResolverListener that keeps every update and error."""
-
-    def __init__(self) -> None:
-        self.updates: list[list[Endpoint]] = []
-        self.errors: list[str] = []
-
-    def on_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
-        self.updates.append(list(endpoints))
-
-    def on_resolver_error(self, error: str) -> None:
-        self.errors.append(error)
-
-    @property
-    def addresses(self) -> set[str] | None:
-        return {e.address for e in self.updates[-1]} if self.updates else None
-
-
-def start_resolver(target: str, listener: object, **extra: object) -> EtcdResolver:
-    resolver = EtcdResolver(parse_target(target), listener, ResolverOptions(extra=extra))  # type: ignore[arg-type]
-    resolver.start()
-    return resolver
+from tests.etcd_helpers import (
+    PREFIX,
+    Recorder,
+    go_value,
+    only,
+    reaches,
+    start_resolver,
+    until,
+)
+from tests.helpers import eventually
 
 
 async def test_keys_put_with_etcdctl_in_go_format_are_used(etcd_node: EtcdCluster) -> None:
@@ -61,12 +34,12 @@ async def test_keys_put_with_etcdctl_in_go_format_are_used(etcd_node: EtcdCluste
         async with grpc_balancer.aio.insecure_channel(
             etcd_node.target(PREFIX), policy="round_robin"
         ) as channel:
-            await _until(lambda: _reaches(channel, set(fleet.ports[:2])))
+            await until(lambda: reaches(channel, set(fleet.ports[:2])))
             etcd_node.etcdctl("put", f"{PREFIX}/{c}", go_value(c))
-            await _until(lambda: _reaches(channel, set(fleet.ports)))
+            await until(lambda: reaches(channel, set(fleet.ports)))
 
             etcd_node.etcdctl("del", f"{PREFIX}/{a}")
-            await _until(lambda: _only(channel, set(fleet.ports[1:])))
+            await until(lambda: only(channel, set(fleet.ports[1:])))
 
 
 async def test_metadata_weight_and_zone_reach_the_endpoint(etcd_node: EtcdCluster) -> None:
@@ -194,27 +167,3 @@ async def test_username_and_password_from_options(etcd_node: EtcdCluster) -> Non
     finally:
         await resolver.close()
         await wrong.close()
-
-
-async def _until(predicate: object, timeout: float = 10.0) -> None:
-    """Like ``eventually`` for an async predicate."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = predicate()  # type: ignore[operator]
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.05)
-
-
-async def _only(channel: object, ports: set[int]) -> bool:
-    return set(await say_hello_ports(channel, 6)) == ports
-
-
-async def _reaches(channel: object, ports: set[int]) -> bool:
-    """Calls reach every port in ``ports`` and no other (within a bounded batch)."""
-    return set(await say_hello_ports(channel, 3 * len(ports))) == ports
