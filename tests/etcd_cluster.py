@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
@@ -29,12 +30,41 @@ ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 _SHM = Path("/dev/shm")
 
 
+class TlsFiles:
+    """A throwaway CA, a server cert for 127.0.0.1 and a client cert, made by openssl."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.ca, self.ca_key = directory / "ca.pem", directory / "ca.key"
+        self.server, self.server_key = directory / "server.pem", directory / "server.key"
+        self.client, self.client_key = directory / "client.pem", directory / "client.key"
+        directory.mkdir(parents=True, exist_ok=True)
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                 "-keyout", self.ca_key, "-out", self.ca, "-subj", "/CN=test-ca")  # fmt: skip
+        self._issue("server", self.server, self.server_key, "IP:127.0.0.1,DNS:localhost")
+        self._issue("client", self.client, self.client_key, "DNS:client")
+
+    def _issue(self, cn: str, cert: Path, key: Path, san: str) -> None:
+        csr = self.dir / f"{cn}.csr"
+        ext = self.dir / f"{cn}.ext"
+        ext.write_text(f"subjectAltName={san}\nextendedKeyUsage=serverAuth,clientAuth\n")
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+                 "-subj", f"/CN={cn}")  # fmt: skip
+        _openssl("x509", "-req", "-in", csr, "-CA", self.ca, "-CAkey", self.ca_key,
+                 "-CAcreateserial", "-days", "1", "-out", cert, "-extfile", ext)  # fmt: skip
+
+
+def _openssl(*args: object) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
+
+
 class EtcdMember:
     """One etcd process of a cluster."""
 
-    def __init__(self, name: str, data_dir: Path) -> None:
+    def __init__(self, name: str, data_dir: Path, tls: TlsFiles | None = None) -> None:
         self.name = name
         self.data_dir = data_dir
+        self.tls = tls
         self.client_port = free_port()
         self.peer_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -42,7 +72,8 @@ class EtcdMember:
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -70,6 +101,13 @@ class EtcdMember:
             "--log-outputs=stderr",
             "--log-level=warn",
         ]
+        if self.tls is not None:
+            cmd += [
+                f"--cert-file={self.tls.server}",
+                f"--key-file={self.tls.server_key}",
+                f"--trusted-ca-file={self.tls.ca}",
+                "--client-cert-auth",
+            ]
         log = self.log_path.open("ab")
         try:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log)
@@ -87,8 +125,13 @@ class EtcdMember:
 
     def healthy(self) -> bool:
         """etcd's own /health: true only with a leader and a working raft."""
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.ca))
+            context.load_cert_chain(str(self.tls.client), str(self.tls.client_key))
         try:
-            with urllib.request.urlopen(f"{self.client_url}/health", timeout=0.5) as resp:
+            url = f"{self.client_url}/health"
+            with urllib.request.urlopen(url, timeout=0.5, context=context) as resp:
                 return bool(json.loads(resp.read()).get("health") == "true")
         except (OSError, ValueError, urllib.error.URLError):
             return False
@@ -97,10 +140,11 @@ class EtcdMember:
 class EtcdCluster:
     """``n`` members on 127.0.0.1; a context manager that always SIGKILLs them."""
 
-    def __init__(self, n: int = 1) -> None:
+    def __init__(self, n: int = 1, *, tls: bool = False) -> None:
         base = _SHM if _SHM.is_dir() and os.access(_SHM, os.W_OK) else None
         self._tmp = Path(tempfile.mkdtemp(prefix="grpc-balancer-etcd-", dir=base))
-        self.members = [EtcdMember(f"m{i}", self._tmp / f"m{i}.etcd") for i in range(n)]
+        self.tls = TlsFiles(self._tmp / "tls") if tls else None
+        self.members = [EtcdMember(f"m{i}", self._tmp / f"m{i}.etcd", self.tls) for i in range(n)]
         self._initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         self._started = False
 
@@ -171,7 +215,7 @@ class EtcdCluster:
         leader = statuses[0]["Status"]["leader"]
         for status in statuses:
             if status["Status"]["header"]["member_id"] == leader:
-                return self.endpoints.index(status["Endpoint"].removeprefix("http://"))
+                return self.endpoints.index(status["Endpoint"].split("://")[-1])
         raise RuntimeError(f"no member reports being the leader: {statuses}")
 
     def etcdctl(
@@ -180,8 +224,12 @@ class EtcdCluster:
         """Run ``etcdctl`` (API v3) against the running members; stdout."""
         eps = endpoints or [m.endpoint for m in self.members if m.running]
         env = {**os.environ, "ETCDCTL_API": "3"}
+        tls = []
+        if self.tls is not None:
+            tls = [f"--cacert={self.tls.ca}", f"--cert={self.tls.client}"]
+            tls.append(f"--key={self.tls.client_key}")
         proc = subprocess.run(
-            [ETCDCTL, f"--endpoints={','.join(eps)}", "--command-timeout=5s", *args],
+            [ETCDCTL, f"--endpoints={','.join(eps)}", "--command-timeout=5s", *tls, *args],
             env=env,
             capture_output=True,
             timeout=30,

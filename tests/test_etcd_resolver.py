@@ -167,3 +167,24 @@ async def test_username_and_password_from_options(etcd_node: EtcdCluster) -> Non
     finally:
         await resolver.close()
         await wrong.close()
+
+
+async def test_tls_with_a_client_certificate() -> None:
+    with EtcdCluster(1, tls=True) as etcd:
+        assert etcd.tls is not None
+        etcd.etcdctl("put", f"{PREFIX}/127.0.0.1:7001", go_value("127.0.0.1:7001"))
+        target = etcd.target(PREFIX, query=f"ca={etcd.tls.ca}")
+        client_cert = {"cert_file": str(etcd.tls.client), "key_file": str(etcd.tls.client_key)}
+        rec, anonymous = Recorder(), Recorder()
+        resolver = start_resolver(target, rec, **client_cert)
+        refused = start_resolver(target, anonymous)  # etcd demands a client certificate
+        try:
+            await eventually(lambda: rec.addresses == {"127.0.0.1:7001"}, 15)
+            async with grpc_balancer.registration(target, "127.0.0.1:7002", options=client_cert):
+                await eventually(lambda: rec.addresses == {"127.0.0.1:7001", "127.0.0.1:7002"})
+            await eventually(lambda: rec.addresses == {"127.0.0.1:7001"})
+            await eventually(lambda: bool(anonymous.errors), 15)
+            assert not anonymous.updates and "UNAVAILABLE" in anonymous.errors[-1]
+        finally:
+            await resolver.close()
+            await refused.close()
