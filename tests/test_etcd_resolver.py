@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import subprocess
+import sys
 import threading
 from collections.abc import Sequence
 
@@ -12,7 +15,7 @@ import pytest
 import grpc_balancer
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
-from grpc_balancer.testing import GreeterFleet, free_port
+from grpc_balancer.testing import GreeterFleet, cli_env, free_port
 from tests.etcd_cluster import EtcdCluster
 from tests.etcd_helpers import (
     PREFIX,
@@ -164,6 +167,14 @@ async def test_username_and_password_from_options(etcd_node: EtcdCluster) -> Non
         assert "nope-pw" not in bad.errors[0] and "nope-pw" not in repr(wrong.settings)
         etcd_node.etcdctl(*auth, "put", f"{PREFIX}/127.0.0.1:5002", go_value("127.0.0.1:5002"))
         await eventually(lambda: rec.addresses == {"127.0.0.1:5001", "127.0.0.1:5002"})
+        # the CLI takes credentials from etcdctl's environment variables
+        cmd = [sys.executable, "-m", "grpc_balancer", "resolve", etcd_node.target(PREFIX)]
+        env = cli_env(ETCDCTL_USER="root:s3cret-pw")
+        proc = await asyncio.to_thread(
+            subprocess.run, cmd, env=env, capture_output=True, text=True, timeout=30
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "127.0.0.1:5001" in proc.stdout and "127.0.0.1:5002" in proc.stdout
     finally:
         await resolver.close()
         await wrong.close()

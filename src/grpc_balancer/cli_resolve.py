@@ -13,12 +13,14 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from grpc_balancer.cli_register import etcd_options_from_env
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.resolvers.base import ResolverOptions, get_resolver_factory
 from grpc_balancer.target import parse_target
@@ -74,7 +76,8 @@ async def cmd_resolve(args: argparse.Namespace) -> int:
     target = parse_target(args.target)  # bad input → BalancerConfigError → exit 2
     factory = get_resolver_factory(target)
     listener = _QueueListener()
-    resolver = factory(target, listener, ResolverOptions())
+    extra = etcd_options_from_env(os.environ) if target.scheme == "etcd" else {}
+    resolver = factory(target, listener, ResolverOptions(extra=extra))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
