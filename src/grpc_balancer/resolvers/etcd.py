@@ -29,7 +29,9 @@ from grpc_balancer.target import Target
 log = logging.getLogger("grpc_balancer.resolvers.etcd")
 
 SCHEME = "etcd"
-_PUT, _DELETE = 0, 1  # mvccpb.Event.EventType
+_DELETE = 1  # mvccpb.Event.EventType (0 is PUT)
+#: A watch that lived this long resets the backoff (a flapping one does not).
+STABLE_WATCH_S = 1.0
 
 
 class _Compacted(Exception):
@@ -53,6 +55,7 @@ class EtcdResolver:
         self._last_pushed: list[Endpoint] | None = None
         self._error: str | None = None
         self._closed = False
+        self._watch_up_since: float | None = None
         #: Prefix reads done so far, and the revision the watch is at (for tests, repr).
         self.listings = 0
         self.revision = 0
@@ -77,20 +80,27 @@ class EtcdResolver:
 
     # -- list, then watch ---------------------------------------------------------------
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         failures = 0
         while not self._closed:
+            self._watch_up_since = None
             try:
                 await self._client.connect()
                 while True:
                     start = await self._list()
-                    failures = 0
                     try:
                         await self._watch(start)
                     except _Compacted as exc:
                         log.info("%s: %s; reading the prefix again", self._target.raw, exc)
-            except EtcdError as exc:
+            except Exception as exc:  # EtcdError, or a bug: either way keep resolving
+                if not isinstance(exc, EtcdError):
+                    log.error("%s: unexpected error", self._target.raw, exc_info=exc)
+                # A watch that was up for a while is a fresh start; a failing loop is not.
+                up = self._watch_up_since
+                if up is not None and loop.time() - up > STABLE_WATCH_S:
+                    failures = 0
                 failures += 1
-                self._report(str(exc))
+                self._report(str(exc) if isinstance(exc, EtcdError) else repr(exc))
                 self._client.rotate()
                 await self._client.disconnect()
                 await asyncio.sleep(self._backoff(failures))
@@ -114,6 +124,8 @@ class EtcdResolver:
                     f"watch from revision {start_revision} was compacted "
                     f"(oldest kept: {response.compact_revision})"
                 )
+            if response.created and self._watch_up_since is None:
+                self._watch_up_since = asyncio.get_running_loop().time()
             if response.canceled:
                 reason = response.cancel_reason or "no reason given"
                 raise EtcdError(f"etcd {self._client.endpoint}: watch canceled: {reason}")

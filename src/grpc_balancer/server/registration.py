@@ -97,7 +97,10 @@ class Registration:
             ) from None
 
     async def deregister(self) -> None:
-        """Stop keeping alive, delete the key and revoke the lease (best effort, bounded)."""
+        """Stop keeping alive, delete the key and revoke the lease (best effort, bounded).
+        Once only: leaving the ``async with`` after an explicit call does nothing more."""
+        if self._task is None and not self.lease_id:
+            return
         await self._stop_task()
         lease, self.lease_id = self.lease_id, 0
         try:
@@ -129,18 +132,26 @@ class Registration:
 
     # -- the keep-alive loop ------------------------------------------------------------
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         failures = 0
         while True:
+            registered_at: float | None = None
             try:
                 await self._client.connect()
                 await self._register()
-                failures = 0
+                registered_at = loop.time()
                 await self._keep_alive()
-            except EtcdError as exc:
+            except Exception as exc:  # EtcdError, or a bug: either way keep registering
+                if not isinstance(exc, EtcdError):
+                    log.error("registration of %s: unexpected error", self.key, exc_info=exc)
+                # Registered and kept alive for a while: a fresh start, not a failing loop.
+                if registered_at is not None and loop.time() - registered_at > self.ttl / 3:
+                    failures = 0
                 failures += 1
-                if str(exc) != self._last_error:
-                    log.warning("registration of %s: %s (retrying)", self.key, exc)
-                self._last_error = str(exc)
+                error = str(exc) if isinstance(exc, EtcdError) else repr(exc)
+                if error != self._last_error:
+                    log.warning("registration of %s: %s (retrying)", self.key, error)
+                self._last_error = error
                 self._client.rotate()
                 await self._client.disconnect()
                 await asyncio.sleep(self._backoff(failures))
@@ -159,7 +170,7 @@ class Registration:
         log.info("registered %s (lease ttl %ss)", self.key, self.ttl)
 
     async def _lease_alive(self, lease_id: int) -> bool:
-        responses = self._keepalive_responses(_requests(lease_id, 1, 0.0))
+        responses = self._keepalive_responses(_requests(lease_id, 1, 0.0), 0.0)
         async for ttl in responses:
             return ttl > 0
         return False
@@ -167,20 +178,25 @@ class Registration:
     async def _keep_alive(self) -> None:
         """Refresh every ttl/3 until the lease is lost (then return) or the stream fails."""
         interval = max(self.ttl / 3, 0.1)
-        async for ttl in self._keepalive_responses(_requests(self.lease_id, None, interval)):
+        requests = _requests(self.lease_id, None, interval)
+        async for ttl in self._keepalive_responses(requests, interval):
             if ttl <= 0:
                 raise EtcdError(f"etcd {self._client.endpoint}: lease {self.lease_id:x} expired")
 
-    async def _keepalive_responses(self, requests: AsyncIterator[Any]) -> AsyncIterator[int]:
-        """TTLs from the keep-alive stream; a reply overdue by a whole ttl is an error."""
+    async def _keepalive_responses(
+        self, requests: AsyncIterator[Any], interval: float
+    ) -> AsyncIterator[int]:
+        """TTLs from the keep-alive stream. A reply overdue by ttl/3 (at least 1 s) is an
+        error, leaving time to reach another member before the lease runs out."""
         call = self._client.keepalive_stream(requests)
+        timeout = interval + max(self.ttl / 3, 1.0)
         try:
             while True:
                 try:
-                    reply = await asyncio.wait_for(call.read(), timeout=self.ttl)
+                    reply = await asyncio.wait_for(call.read(), timeout=timeout)
                 except TimeoutError:
                     raise EtcdError(
-                        f"etcd {self._client.endpoint}: no keep-alive reply for {self.ttl}s"
+                        f"etcd {self._client.endpoint}: no keep-alive reply for {timeout:.1f}s"
                     ) from None
                 if reply is EOF:
                     raise EtcdError(f"etcd {self._client.endpoint}: keep-alive stream closed")
