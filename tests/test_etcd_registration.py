@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import grpc_balancer
+from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.errors import BalancerConfigError
 from grpc_balancer.testing import GreeterFleet, ServerProcess, cli_env, free_port
 from tests.etcd_cluster import EtcdCluster
@@ -161,3 +166,42 @@ def test_serve_register_usage_errors_are_one_line_exit_2(args: list[str], needle
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+async def test_sigterm_order_not_serving_then_deregistered(etcd_node: EtcdCluster) -> None:
+    """Health goes NOT_SERVING before the key disappears from the registry."""
+    args = ["--register", etcd_node.target(PREFIX), "--ttl", "30", "--grace", "0.5"]
+    server = ServerProcess(args=args)
+    events: list[str] = []
+
+    class Log(Recorder):
+        def on_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+            super().on_endpoints(endpoints)
+            listed = any(e.address == server.address for e in endpoints)
+            events.append("listed" if listed else "unlisted")
+
+    rec = Log()
+    resolver = start_resolver(etcd_node.target(PREFIX), rec)
+    try:
+        server.start()
+        await eventually(lambda: "listed" in events, timeout=10)
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+
+            async def follow() -> None:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    async for reply in watch:
+                        events.append(
+                            health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                        )
+
+            task = asyncio.create_task(follow())
+            await eventually(lambda: "SERVING" in events)
+            assert await asyncio.to_thread(server.stop) == 0
+            await eventually(lambda: "unlisted" in events)
+            watch.cancel()
+            await task
+        assert events.index("NOT_SERVING") < events.index("unlisted"), events
+    finally:
+        server.kill()
+        await resolver.close()
