@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -139,7 +139,7 @@ class EtcdClient:
         await self._unary(rpc.KVStub(self._ch()).Compact, request)
 
     # -- Watch --------------------------------------------------------------------------
-    async def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[Any]:
+    async def watch_prefix(self, prefix: str, start_revision: int) -> AsyncGenerator[Any, None]:
         """``WatchResponse`` messages for keys under ``prefix`` from ``start_revision``.
 
         Ends only by raising :class:`EtcdError` (stream broken) or by cancellation.

@@ -118,29 +118,31 @@ class EtcdResolver:
         return self.revision + 1
 
     async def _watch(self, start_revision: int) -> None:
-        async for response in self._client.watch_prefix(self.settings.key_prefix, start_revision):
-            if response.compact_revision:
-                raise _Compacted(
-                    f"watch from revision {start_revision} was compacted "
-                    f"(oldest kept: {response.compact_revision})"
-                )
-            if response.created and self._watch_up_since is None:
-                self._watch_up_since = asyncio.get_running_loop().time()
-            if response.canceled:
-                reason = response.cancel_reason or "no reason given"
-                raise EtcdError(f"etcd {self._client.endpoint}: watch canceled: {reason}")
-            for event in response.events:
-                key = event.kv.key.decode(errors="replace")
-                if event.type == _DELETE:
-                    self._entries.pop(key, None)
-                else:
-                    previous = self._entries.pop(key, None)
-                    self._apply_put(key, event.kv.value, event.kv.mod_revision, previous)
-            if response.header.revision:
-                self.revision = int(response.header.revision)
-            if response.events:
-                self._entries = dict(sorted(self._entries.items()))
-                self._push()
+        stream = self._client.watch_prefix(self.settings.key_prefix, start_revision)
+        async with contextlib.aclosing(stream):  # cancels the etcd watch on any exit
+            async for response in stream:
+                if response.compact_revision:
+                    raise _Compacted(
+                        f"watch from revision {start_revision} was compacted "
+                        f"(oldest kept: {response.compact_revision})"
+                    )
+                if response.created and self._watch_up_since is None:
+                    self._watch_up_since = asyncio.get_running_loop().time()
+                if response.canceled:
+                    reason = response.cancel_reason or "no reason given"
+                    raise EtcdError(f"etcd {self._client.endpoint}: watch canceled: {reason}")
+                for event in response.events:
+                    key = event.kv.key.decode(errors="replace")
+                    if event.type == _DELETE:
+                        self._entries.pop(key, None)
+                    else:
+                        previous = self._entries.pop(key, None)
+                        self._apply_put(key, event.kv.value, event.kv.mod_revision, previous)
+                if response.header.revision:
+                    self.revision = int(response.header.revision)
+                if response.events:
+                    self._entries = dict(sorted(self._entries.items()))
+                    self._push()
 
     def _apply_put(self, key: str, value: bytes, revision: int, previous: Endpoint | None) -> None:
         try:

@@ -23,7 +23,7 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -171,21 +171,25 @@ class Registration:
 
     async def _lease_alive(self, lease_id: int) -> bool:
         responses = self._keepalive_responses(_requests(lease_id, 1, 0.0), 0.0)
-        async for ttl in responses:
-            return ttl > 0
+        async with contextlib.aclosing(responses):
+            async for ttl in responses:
+                return ttl > 0
         return False
 
     async def _keep_alive(self) -> None:
         """Refresh every ttl/3 until the lease is lost (then return) or the stream fails."""
         interval = max(self.ttl / 3, 0.1)
-        requests = _requests(self.lease_id, None, interval)
-        async for ttl in self._keepalive_responses(requests, interval):
-            if ttl <= 0:
-                raise EtcdError(f"etcd {self._client.endpoint}: lease {self.lease_id:x} expired")
+        responses = self._keepalive_responses(_requests(self.lease_id, None, interval), interval)
+        async with contextlib.aclosing(responses):
+            async for ttl in responses:
+                if ttl <= 0:
+                    raise EtcdError(
+                        f"etcd {self._client.endpoint}: lease {self.lease_id:x} expired"
+                    )
 
     async def _keepalive_responses(
         self, requests: AsyncIterator[Any], interval: float
-    ) -> AsyncIterator[int]:
+    ) -> AsyncGenerator[int, None]:
         """TTLs from the keep-alive stream. A reply overdue by ttl/3 (at least 1 s) is an
         error, leaving time to reach another member before the lease runs out."""
         call = self._client.keepalive_stream(requests)
