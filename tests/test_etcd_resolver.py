@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import subprocess
 import sys
 import threading
@@ -180,6 +181,7 @@ async def test_username_and_password_from_options(etcd_node: EtcdCluster) -> Non
         await wrong.close()
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 async def test_tls_with_a_client_certificate() -> None:
     with EtcdCluster(1, tls=True) as etcd:
         assert etcd.tls is not None
