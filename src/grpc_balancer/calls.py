@@ -19,6 +19,17 @@ import grpc.aio
 from grpc.aio import Metadata
 
 from grpc_balancer.picker import PickInfo
+from grpc_balancer.retry import (
+    PREVIOUS_ATTEMPTS_KEY,
+    PUSHBACK_KEY,
+    HedgingPolicy,
+    RetryPolicy,
+    hedge_failure_is_fatal,
+    may_send_hedge,
+    parse_pushback,
+    record_success,
+    retry_delay_s,
+)
 
 if TYPE_CHECKING:
     from grpc_balancer.channel import BalancedChannel
@@ -52,6 +63,32 @@ def never_reached_server(err: grpc.aio.AioRpcError) -> bool:
     return any(marker in details for marker in _NOT_SENT_MARKERS)
 
 
+def _with_previous_attempts(metadata: Any, previous: int) -> Metadata:
+    """The call's metadata plus ``grpc-previous-rpc-attempts`` (retries and hedges only)."""
+    items = [(k, v) for k, v in (metadata or ()) if k != PREVIOUS_ATTEMPTS_KEY]
+    return Metadata(*items, (PREVIOUS_ATTEMPTS_KEY, str(previous)))
+
+
+def _error_with_attempts(err: grpc.aio.AioRpcError, previous: int) -> grpc.aio.AioRpcError:
+    """``err`` as the application sees it: its trailers carry the earlier attempts' count."""
+    if not previous:
+        return err
+    return grpc.aio.AioRpcError(
+        err.code(),
+        Metadata(*(err.initial_metadata() or ())),
+        _with_previous_attempts(err.trailing_metadata(), previous),
+        err.details(),
+        err.debug_error_string(),
+    )
+
+
+def _pushback_ms(err: grpc.aio.AioRpcError) -> int | None:
+    trailers: Any = err.trailing_metadata()
+    if not trailers:
+        return None
+    return parse_pushback([v for k, v in trailers if k == PUSHBACK_KEY])
+
+
 class _MultiCallableBase:
     _kind = ""
 
@@ -67,6 +104,12 @@ class _MultiCallableBase:
         self._request_serializer = request_serializer
         self._response_deserializer = response_deserializer
         self._key = (self._kind, method, request_serializer, response_deserializer)
+        # methodConfig, looked up once here so calls without a policy pay nothing.
+        policy = channel.method_policy(method)
+        self._timeout = None if policy is None else policy.timeout_s
+        self._wait_for_ready = None if policy is None else policy.wait_for_ready
+        self._retry: RetryPolicy | None = None if policy is None else policy.retry
+        self._hedging: HedgingPolicy | None = None if policy is None else policy.hedging
 
     def inner(self, sc: Subchannel) -> Any:
         """This method's grpc.aio multicallable on ``sc``'s channel (cached per subchannel)."""
@@ -97,9 +140,13 @@ class _CallBase:
     ) -> None:
         self._mc = mc
         self._channel = mc._channel
+        if mc._timeout is not None and (timeout is None or mc._timeout < timeout):
+            timeout = mc._timeout  # methodConfig timeout: the smaller one wins
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._metadata = metadata
         self._credentials = credentials
+        if wait_for_ready is None:
+            wait_for_ready = mc._wait_for_ready
         self._wait_for_ready = bool(wait_for_ready)
         self._compression = compression
         self._attempt: Any = None
@@ -111,6 +158,8 @@ class _CallBase:
         self._finished: asyncio.Future[None] | None = None
         self._started = False
         self._info = PickInfo(mc._method, metadata)
+        #: Attempts before the one that produced the result (retries/hedging only).
+        self._previous_attempts = 0
 
     # -- shared API -------------------------------------------------------------------
     @property
@@ -170,7 +219,10 @@ class _CallBase:
             return Metadata(*(self._error.trailing_metadata() or ()))  # type: ignore[arg-type]
         if self._attempt is None:
             return Metadata()
-        return await self._attempt.trailing_metadata()  # type: ignore[no-any-return]
+        trailers = await self._attempt.trailing_metadata()
+        if self._previous_attempts:
+            return _with_previous_attempts(trailers, self._previous_attempts)
+        return trailers  # type: ignore[no-any-return]
 
     async def code(self) -> grpc.StatusCode:
         await self._settled()
@@ -205,10 +257,52 @@ class _CallBase:
     async def _pick(self) -> Subchannel:
         if self._cancelled:
             raise rpc_error(grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
-        sc = self._channel.pick_now(self._info, self._wait_for_ready)
-        if sc is not None:
-            return sc
-        return await self._channel.pick(self._info, self._deadline, self._wait_for_ready)
+        channel = self._channel
+        sc = channel.pick_now(self._info, self._wait_for_ready)
+        if sc is None:
+            sc = await channel.pick(self._info, self._deadline, self._wait_for_ready)
+        if channel.max_requests and sc.in_flight >= channel.max_requests:
+            sc = channel.pick_unsaturated(self._info, sc)
+        return sc
+
+    async def _backoff(self, delay: float, err: grpc.aio.AioRpcError) -> None:
+        """Sleep before a retry, unless the wait would run past the call's deadline."""
+        if self._deadline is not None and time.monotonic() + delay >= self._deadline:
+            raise _error_with_attempts(
+                rpc_error(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "Deadline Exceeded (no time left for another attempt; the last one "
+                    f"failed with {err.code().name}: {err.details()})",
+                ),
+                self._previous_attempts,
+            )
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if self._cancelled:
+            raise rpc_error(grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
+
+    def _retry_after(
+        self, retry: RetryPolicy, sc: Subchannel, err: grpc.aio.AioRpcError, attempts: int
+    ) -> float | None:
+        """After ``attempts`` attempts, the last one failed with ``err`` on ``sc``: the
+        delay before the next (on another backend), or None to give up."""
+        if self._cancelled:
+            return None
+        code = err.code()
+        throttle = self._channel.throttle
+        delay = retry_delay_s(retry, code, attempts, throttle, _pushback_ms(err))
+        if delay is None:
+            if (
+                throttle is not None
+                and code in retry.retryable_codes
+                and attempts < retry.max_attempts
+            ):
+                self._channel.emit("throttled", sc, code)
+            return None
+        self._channel.emit("retry", sc, code)
+        self._info.exclude = self._info.exclude | {sc}
+        self._previous_attempts = attempts
+        return delay
 
     def _remaining(self) -> float | None:
         if self._deadline is None:
@@ -309,7 +403,11 @@ class BalancedUnaryUnaryCall(_CallBase, grpc.aio.UnaryUnaryCall[Any, Any]):
 
     async def _drive(self) -> Any:
         mc: BalancedUnaryUnaryMultiCallable = self._mc  # type: ignore[assignment]
+        if mc._hedging is not None:
+            return await self._drive_hedged(mc, mc._hedging)
+        retry = mc._retry
         transparent = 0
+        attempts = 0  # attempts that reached a server (retryPolicy.maxAttempts counts these)
         while True:
             picker = self._channel.picker
             sc = await self._pick()
@@ -317,7 +415,9 @@ class BalancedUnaryUnaryCall(_CallBase, grpc.aio.UnaryUnaryCall[Any, Any]):
             attempt = mc.inner(sc)(
                 self._request,
                 timeout=self._remaining(),
-                metadata=self._metadata,
+                metadata=self._metadata
+                if not attempts
+                else _with_previous_attempts(self._metadata, attempts),
                 credentials=self._credentials,
                 wait_for_ready=False,
                 compression=self._compression,
@@ -338,16 +438,108 @@ class BalancedUnaryUnaryCall(_CallBase, grpc.aio.UnaryUnaryCall[Any, Any]):
                 ):
                     transparent += 1
                     self._info.exclude = self._info.exclude | {sc}
+                    self._channel.emit("transparent_retry", sc, code)
                     # The picker has not seen the failure yet: give the subchannel's
                     # state change a moment to land rather than re-sending blindly.
                     await self._channel.wait_for_picker_change(picker, self._deadline, 1.0)
                     continue
-                raise
+                if retry is None:
+                    raise
+                attempts += 1
+                delay = self._retry_after(retry, sc, err, attempts)
+                if delay is None:
+                    raise _error_with_attempts(err, attempts - 1) from None
+                await self._backoff(delay, err)
+                continue
             except asyncio.CancelledError:
                 sc.call_finished(started, grpc.StatusCode.CANCELLED)
                 raise
             sc.call_finished(started, grpc.StatusCode.OK)
+            if retry is not None:
+                record_success(self._channel.throttle)
             return response
+
+    async def _drive_hedged(
+        self, mc: BalancedUnaryUnaryMultiCallable, policy: HedgingPolicy
+    ) -> Any:
+        """Hedging: a new attempt on another backend every ``hedgingDelay`` (or at once
+        after a non-fatal failure) until one succeeds; the others are then cancelled."""
+        loop = asyncio.get_running_loop()
+        throttle = self._channel.throttle
+        running: dict[asyncio.Task[tuple[Any, Any]], tuple[Subchannel, Any]] = {}
+        sent = 0
+        next_at = loop.time()
+        last_err: grpc.aio.AioRpcError | None = None
+        try:
+            while True:
+                if sent < policy.max_attempts and loop.time() >= next_at:
+                    if may_send_hedge(policy, sent, throttle):
+                        sc = await self._pick()
+                        if sent:
+                            self._channel.emit("hedge", sc, None)
+                        attempt = mc.inner(sc)(
+                            self._request,
+                            timeout=self._remaining(),
+                            metadata=self._metadata
+                            if not sent
+                            else _with_previous_attempts(self._metadata, sent),
+                            credentials=self._credentials,
+                            wait_for_ready=False,
+                            compression=self._compression,
+                        )
+                        if self._attempt is None:
+                            self._attempt, self._subchannel = attempt, sc
+                        task = loop.create_task(_run_attempt(sc, attempt))
+                        running[task] = (sc, attempt)
+                        self._info.exclude = self._info.exclude | {sc}
+                        sent += 1
+                        next_at = loop.time() + policy.delay_s
+                    else:
+                        self._channel.emit("throttled", None, None)
+                        sent = policy.max_attempts  # throttled: no more hedges for this call
+                if not running:
+                    assert last_err is not None
+                    raise _error_with_attempts(last_err, sent - 1)
+                timeout = None if sent >= policy.max_attempts else max(next_at - loop.time(), 0)
+                if self._deadline is not None:
+                    left = max(self._deadline - time.monotonic(), 0.0) + 0.05
+                    timeout = left if timeout is None else min(timeout, left)
+                done, _ = await asyncio.wait(
+                    running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    sc, attempt = running.pop(task)
+                    response, err = task.result()
+                    if err is None:
+                        self._attempt, self._subchannel = attempt, sc
+                        self._previous_attempts = sent - 1
+                        record_success(throttle)
+                        return response
+                    last_err = err
+                    if hedge_failure_is_fatal(policy, err.code(), throttle):
+                        self._attempt, self._subchannel = attempt, sc
+                        raise _error_with_attempts(err, sent - 1)
+                    next_at = loop.time()  # a non-fatal failure: send the next one now
+        finally:
+            for task in running:
+                task.cancel()
+
+
+async def _run_attempt(sc: Subchannel, attempt: Any) -> tuple[Any, grpc.aio.AioRpcError | None]:
+    """One hedged attempt, accounted on its subchannel; errors are returned, not raised."""
+    started = sc.call_started()
+    try:
+        response = await attempt
+    except grpc.aio.AioRpcError as err:
+        sc.call_finished(started, err.code())
+        if err.code() is grpc.StatusCode.UNAVAILABLE:
+            sc.record_failure_detail(err.details() or "")
+        return None, err
+    except asyncio.CancelledError:
+        sc.call_finished(started, grpc.StatusCode.CANCELLED)
+        raise
+    sc.call_finished(started, grpc.StatusCode.OK)
+    return response, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,6 +559,7 @@ class _StreamingCall(_CallBase):
         super().__init__(mc, timeout, metadata, credentials, wait_for_ready, compression)
         self._request = request
         self._starting: asyncio.Future[None] | None = None
+        self._prefetched: Any = None  # the first response, read while retries were possible
 
     async def _ensure_attempt(self) -> None:
         if self._attempt is not None or self._done:
@@ -378,19 +571,13 @@ class _StreamingCall(_CallBase):
         self._starting = loop.create_future()
         self._started = True
         try:
+            retry = self._mc._retry
+            if retry is not None and isinstance(self, BalancedUnaryStreamCall):
+                await self._start_with_retries(retry, loop)
+                return
             sc = await self._pick()
             self._subchannel = sc
-            kwargs: dict[str, Any] = {
-                "timeout": self._remaining(),
-                "metadata": self._metadata,
-                "credentials": self._credentials,
-                "wait_for_ready": False,
-                "compression": self._compression,
-            }
-            inner = self._mc.inner(sc)
-            attempt = (
-                inner(self._request, **kwargs) if self._request is not None else inner(**kwargs)
-            )
+            attempt = self._send(sc, self._metadata)
             self._attempt = attempt
             started = sc.call_started()
             attempt.add_done_callback(
@@ -401,6 +588,75 @@ class _StreamingCall(_CallBase):
             raise
         finally:
             self._starting.set_result(None)
+
+    def _send(self, sc: Subchannel, metadata: Any) -> Any:
+        kwargs: dict[str, Any] = {
+            "timeout": self._remaining(),
+            "metadata": metadata,
+            "credentials": self._credentials,
+            "wait_for_ready": False,
+            "compression": self._compression,
+        }
+        inner = self._mc.inner(sc)
+        return inner(self._request, **kwargs) if self._request is not None else inner(**kwargs)
+
+    async def _start_with_retries(
+        self, retry: RetryPolicy, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """A server stream with a retry policy: read the first response before handing
+        the stream over, retrying (elsewhere) until one arrives; after it, no retries."""
+        transparent = 0
+        attempts = 0
+        while True:
+            picker = self._channel.picker
+            sc = await self._pick()
+            self._subchannel = sc
+            metadata = (
+                self._metadata
+                if not attempts
+                else _with_previous_attempts(self._metadata, attempts)
+            )
+            attempt = self._send(sc, metadata)
+            self._attempt = attempt
+            started = sc.call_started()
+            try:
+                first = await attempt.read()
+            except grpc.aio.AioRpcError as err:
+                code = err.code()
+                sc.call_finished(started, code)
+                if code is grpc.StatusCode.UNAVAILABLE:
+                    sc.record_failure_detail(err.details() or "")
+                if (
+                    transparent < MAX_TRANSPARENT_RETRIES
+                    and not self._cancelled
+                    and never_reached_server(err)
+                ):
+                    transparent += 1
+                    self._info.exclude = self._info.exclude | {sc}
+                    self._channel.emit("transparent_retry", sc, code)
+                    await self._channel.wait_for_picker_change(picker, self._deadline, 1.0)
+                    continue
+                attempts += 1
+                delay = self._retry_after(retry, sc, err, attempts)
+                if delay is None:
+                    self._prefetched = _EOF
+                    self._finish(None)  # the attempt holds the final status
+                    return
+                self._attempt = None
+                await self._backoff(delay, err)
+                continue
+            except asyncio.CancelledError:
+                sc.call_finished(started, grpc.StatusCode.CANCELLED)
+                raise
+            self._prefetched = first
+            record_success(self._channel.throttle)
+            self._watch_attempt(loop, sc, started, attempt)
+            return
+
+    def _watch_attempt(
+        self, loop: asyncio.AbstractEventLoop, sc: Subchannel, started: float, attempt: Any
+    ) -> None:
+        attempt.add_done_callback(lambda c: loop.create_task(self._attempt_done(sc, started, c)))
 
     async def _attempt_done(self, sc: Subchannel, started: float, attempt: Any) -> None:
         code = await attempt.code()
@@ -431,11 +687,27 @@ class _StreamingCall(_CallBase):
 
     async def _iterate(self) -> AsyncIterator[Any]:
         await self._ensure_attempt()
-        async for response in self._attempt:
+        if self._prefetched is None:
+            async for response in self._attempt:
+                yield response
+            return
+        # Retried stream: the first response was read with read(), so keep reading.
+        while True:
+            response = await self.read()
+            if response is _EOF:
+                return
             yield response
 
     async def read(self) -> Any:
         await self._ensure_attempt()
+        first = self._prefetched
+        if first is not None and first is not _TAKEN:
+            self._prefetched = _TAKEN
+            if first is _EOF:
+                await self._attempt.code()
+                # read() raises the stream's error, like grpc.aio does
+                return await self._attempt.read()
+            return first
         return await self._attempt.read()
 
     # request side
@@ -453,6 +725,10 @@ class _StreamingCall(_CallBase):
     async def _await_response(self) -> Any:
         await self._ensure_attempt()
         return await self._attempt
+
+
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
+_TAKEN = object()  # the prefetched first response was handed out
 
 
 class BalancedUnaryStreamCall(_StreamingCall, grpc.aio.UnaryStreamCall[Any, Any]):

@@ -34,9 +34,13 @@ from grpc_balancer.calls import (
 from grpc_balancer.config import ServiceConfig, load_service_config
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.errors import ChannelClosedError
+from grpc_balancer.events import Observer, emit
+from grpc_balancer.limits import SATURATED_CODE, saturated_message
+from grpc_balancer.method_config import make_throttle
 from grpc_balancer.picker import FailPicker, Picker, PickError, PickInfo, QueuePicker
 from grpc_balancer.policies.base import Policy, get_policy_factory
 from grpc_balancer.resolvers.base import Resolver, ResolverOptions, get_resolver_factory
+from grpc_balancer.retry import MethodPolicy, RetryThrottle
 from grpc_balancer.subchannel import ChannelOptions, Subchannel
 from grpc_balancer.target import Target, parse_target
 
@@ -85,6 +89,12 @@ class BalancedChannel(grpc.aio.Channel):
         self._resolver_error: str | None = None
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: retryThrottling's token bucket (None: not configured), shared by all calls.
+        self.throttle: RetryThrottle | None = make_throttle(self.config.throttling)
+        #: circuitBreakers.maxRequests (0: no per-backend limit).
+        self.max_requests = self.config.max_requests_per_backend
+        #: Called as ``observer(event, subchannel, code)``; see :mod:`grpc_balancer.events`.
+        self.observers: list[Observer] = []
         # Validate the policy config now, so a bad field fails at construction.
         self._policy = self._policy_factory(self, self.config.policy_config)
         # Likewise the target: resolvers parse it in their constructor.
@@ -217,6 +227,15 @@ class BalancedChannel(grpc.aio.Channel):
             self, method, request_serializer, response_deserializer
         )
 
+    # -- method config and events (used by the call objects) ---------------------------------------
+    def method_policy(self, method: str) -> MethodPolicy | None:
+        """What ``methodConfig`` says about ``method`` (looked up once per multicallable)."""
+        return self.config.methods.lookup(method)
+
+    def emit(self, event: str, subchannel: Subchannel | None, code: grpc.StatusCode | None) -> None:
+        if self.observers:
+            emit(self.observers, event, subchannel, code)
+
     # -- picking (used by the call objects) ---------------------------------------------------------
     def pick_now(self, info: PickInfo, wait_for_ready: bool) -> Subchannel | None:
         """The fast path: the current picker's answer, or ``None`` to wait in :meth:`pick`."""
@@ -249,6 +268,36 @@ class BalancedChannel(grpc.aio.Channel):
             if sc is not None:
                 return sc
             await self._wait_for_picker_after(picker, deadline)
+
+    def pick_unsaturated(self, info: PickInfo, first: Subchannel) -> Subchannel:
+        """``first`` is at ``circuitBreakers.maxRequests``: ask the picker again without
+        it (and any other saturated one); failing that, the least loaded usable backend
+        under the limit; if there is none, fail fast with RESOURCE_EXHAUSTED."""
+        limit = self.max_requests
+        skipped = {first}
+        self.emit("saturated", first, None)
+        original = info.exclude
+        try:
+            for _ in range(len(self._subchannels)):
+                info.exclude = original | skipped
+                try:
+                    sc = self._picker.pick(info)
+                except PickError:
+                    break
+                if sc is None or sc in skipped:
+                    break
+                if sc.in_flight < limit:
+                    return sc
+                skipped.add(sc)
+                self.emit("saturated", sc, None)
+        finally:
+            info.exclude = original
+        spare = [sc for sc in self._subchannels if sc.usable and sc.in_flight < limit]
+        if spare:
+            return min(spare, key=lambda sc: sc.in_flight)
+        self.emit("rejected", None, SATURATED_CODE)
+        busy = [sc.address for sc in self._subchannels if sc.usable]
+        raise rpc_error(SATURATED_CODE, saturated_message(self._target.raw, limit, busy))
 
     async def wait_for_picker_change(
         self, picker: Picker, deadline: float | None, at_most: float

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grpc_balancer.errors import ServiceConfigError
+from grpc_balancer.limits import parse_circuit_breakers
+from grpc_balancer.method_config import MethodTable, parse_method_config, parse_retry_throttling
 from grpc_balancer.policies.base import get_policy_factory, registered_policies
 
 DEFAULT_POLICY = "pick_first"
@@ -23,6 +25,7 @@ _TOP_LEVEL = {
     "retryThrottling",
     "healthCheckConfig",
     "outlierDetection",
+    "circuitBreakers",
 }
 
 
@@ -35,6 +38,10 @@ class ServiceConfig:
     health_check_service: str | None = None
     outlier_detection: Mapping[str, Any] | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
+    #: Parsed forms (validated at load time; see method_config.py and limits.py).
+    methods: MethodTable = field(default_factory=lambda: MethodTable({}, {}, None))
+    throttling: tuple[float, float] | None = None
+    max_requests_per_backend: int = 0
 
 
 def load_service_config(
@@ -76,6 +83,9 @@ def load_service_config(
         health_check_service=_health_service(raw),
         outlier_detection=outlier,
         raw=raw,
+        methods=parse_method_config(method_config),
+        throttling=parse_retry_throttling(throttling),
+        max_requests_per_backend=parse_circuit_breakers(raw.get("circuitBreakers")),
     )
 
 
