@@ -35,8 +35,10 @@ from grpc_balancer.config import ServiceConfig, load_service_config
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.errors import ChannelClosedError
 from grpc_balancer.events import Observer, emit
+from grpc_balancer.health import HealthChecking
 from grpc_balancer.limits import SATURATED_CODE, saturated_message
 from grpc_balancer.method_config import make_throttle
+from grpc_balancer.outlier import OutlierDetector
 from grpc_balancer.picker import FailPicker, Picker, PickError, PickInfo, QueuePicker
 from grpc_balancer.policies.base import Policy, get_policy_factory
 from grpc_balancer.resolvers.base import Resolver, ResolverOptions, get_resolver_factory
@@ -95,6 +97,18 @@ class BalancedChannel(grpc.aio.Channel):
         self.max_requests = self.config.max_requests_per_backend
         #: Called as ``observer(event, subchannel, code)``; see :mod:`grpc_balancer.events`.
         self.observers: list[Observer] = []
+        self._outlier: OutlierDetector | None = None
+        if self.config.outlier is not None:
+            self._outlier = OutlierDetector(
+                self.config.outlier, lambda event, sc: self.emit(event, sc, None)
+            )
+        self._health: HealthChecking | None = None
+        if self.config.health_check_service is not None:
+            self._health = HealthChecking(
+                self.config.health_check_service,
+                self._target.raw,
+                lambda sc: self.emit("health", sc, None),
+            )
         # Validate the policy config now, so a bad field fails at construction.
         self._policy = self._policy_factory(self, self.config.policy_config)
         # Likewise the target: resolvers parse it in their constructor.
@@ -130,6 +144,10 @@ class BalancedChannel(grpc.aio.Channel):
             await self._resolver.close()
         if self._policy is not None:
             self._policy.close()
+        if self._health is not None:
+            self._health.close()
+        if self._outlier is not None:
+            self._outlier.close()
         if grace:
             deadline = time.monotonic() + grace
             while any(sc.in_flight for sc in self._subchannels) and time.monotonic() < deadline:
@@ -412,6 +430,10 @@ class BalancedChannel(grpc.aio.Channel):
             )
         sc = Subchannel(endpoint, inner, self)
         self._subchannels.add(sc)
+        if self._health is not None:
+            self._health.add(sc)
+        if self._outlier is not None:
+            self._outlier.add(sc)
         log.info("%s: endpoint added %s", self._target.raw, endpoint.address)
         return sc
 
@@ -419,6 +441,10 @@ class BalancedChannel(grpc.aio.Channel):
         if subchannel in self._subchannels:
             log.info("%s: endpoint removed %s", self._target.raw, subchannel.address)
             self._subchannels.discard(subchannel)
+        if self._health is not None:
+            self._health.remove(subchannel)
+        if self._outlier is not None:
+            self._outlier.remove(subchannel)
         subchannel.shutdown()
 
     def update_picker(self, state: Connectivity, picker: Picker) -> None:
@@ -435,6 +461,8 @@ class BalancedChannel(grpc.aio.Channel):
             return
         if subchannel.connectivity is Connectivity.TRANSIENT_FAILURE:
             self.request_reresolution()
+        if self._health is not None:
+            self._health.on_state(subchannel)
         self._policy.on_subchannel_state(subchannel)
 
     # -- introspection ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 from grpc_balancer.errors import ServiceConfigError
 from grpc_balancer.limits import parse_circuit_breakers
 from grpc_balancer.method_config import MethodTable, parse_method_config, parse_retry_throttling
+from grpc_balancer.outlier import OutlierConfig, parse_outlier_detection
 from grpc_balancer.policies.base import get_policy_factory, registered_policies
 
 DEFAULT_POLICY = "pick_first"
@@ -42,6 +43,7 @@ class ServiceConfig:
     methods: MethodTable = field(default_factory=lambda: MethodTable({}, {}, None))
     throttling: tuple[float, float] | None = None
     max_requests_per_backend: int = 0
+    outlier: OutlierConfig | None = None
 
 
 def load_service_config(
@@ -86,6 +88,7 @@ def load_service_config(
         methods=parse_method_config(method_config),
         throttling=parse_retry_throttling(throttling),
         max_requests_per_backend=parse_circuit_breakers(raw.get("circuitBreakers")),
+        outlier=parse_outlier_detection(outlier),
     )
 
 
