@@ -5,6 +5,7 @@ The asyncio channel lives in :mod:`grpc_balancer.aio`; extension points are
 """
 
 from grpc_balancer import aio
+from grpc_balancer.capture import BackendCapture, capture_backend
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.errors import (
     BalancerConfigError,
@@ -22,16 +23,19 @@ from grpc_balancer.resolvers.base import (
     register_resolver,
 )
 from grpc_balancer.server.registration import Registration, RegistrationError, registration
+from grpc_balancer.status import ChannelStatus, SubchannelStatus
 from grpc_balancer.subchannel import Subchannel
 from grpc_balancer.target import Target, parse_target
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackendCapture",
     "BalancerConfigError",
     "BasePolicy",
     "ChannelClosedError",
     "ChannelControl",
+    "ChannelStatus",
     "Endpoint",
     "InvalidTargetError",
     "PickInfo",
@@ -44,10 +48,12 @@ __all__ = [
     "ResolverOptions",
     "ServiceConfigError",
     "Subchannel",
+    "SubchannelStatus",
     "Target",
     "UnknownPolicyError",
     "__version__",
     "aio",
+    "capture_backend",
     "parse_target",
     "register_policy",
     "register_resolver",

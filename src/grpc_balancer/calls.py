@@ -18,6 +18,7 @@ import grpc
 import grpc.aio
 from grpc.aio import Metadata
 
+from grpc_balancer.capture import CURRENT as _CAPTURE
 from grpc_balancer.picker import PickInfo
 from grpc_balancer.retry import (
     PREVIOUS_ATTEMPTS_KEY,
@@ -160,6 +161,13 @@ class _CallBase:
         self._info = PickInfo(mc._method, metadata)
         #: Attempts before the one that produced the result (retries/hedging only).
         self._previous_attempts = 0
+        #: Final status of a call whose last attempt ended on its own (streams).
+        self._final_code = grpc.StatusCode.OK
+        capture = _CAPTURE.get()
+        if capture is not None:
+            capture.add(self)
+        if self._channel.instrument is not None:
+            self._channel.instrument.call_started(self)
 
     # -- shared API -------------------------------------------------------------------
     @property
@@ -248,6 +256,9 @@ class _CallBase:
             return
         self._error = error
         self._done = True
+        if self._channel.instrument is not None:
+            code = self._final_code if error is None else error.code()
+            self._channel.instrument.call_finished(self, code)
         if self._finished is not None and not self._finished.done():
             self._finished.set_result(None)
         callbacks, self._done_callbacks = self._done_callbacks, []
@@ -640,6 +651,7 @@ class _StreamingCall(_CallBase):
                 delay = self._retry_after(retry, sc, err, attempts)
                 if delay is None:
                     self._prefetched = _EOF
+                    self._final_code = code
                     self._finish(None)  # the attempt holds the final status
                     return
                 self._attempt = None
@@ -663,6 +675,7 @@ class _StreamingCall(_CallBase):
         sc.call_finished(started, code)
         if code is grpc.StatusCode.UNAVAILABLE:
             sc.record_failure_detail(await attempt.details() or "")
+        self._final_code = code
         self._finish(None)
 
     async def _settled(self) -> None:

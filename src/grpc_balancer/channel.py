@@ -36,6 +36,7 @@ from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.errors import ChannelClosedError
 from grpc_balancer.events import Observer, emit
 from grpc_balancer.health import HealthChecking
+from grpc_balancer.instrument import ChannelInstrument, for_channel
 from grpc_balancer.limits import SATURATED_CODE, saturated_message
 from grpc_balancer.method_config import make_throttle
 from grpc_balancer.outlier import OutlierDetector
@@ -43,6 +44,7 @@ from grpc_balancer.picker import FailPicker, Picker, PickError, PickInfo, QueueP
 from grpc_balancer.policies.base import Policy, get_policy_factory
 from grpc_balancer.resolvers.base import Resolver, ResolverOptions, get_resolver_factory
 from grpc_balancer.retry import MethodPolicy, RetryThrottle
+from grpc_balancer.status import ChannelStatus, channel_status
 from grpc_balancer.subchannel import ChannelOptions, Subchannel
 from grpc_balancer.target import Target, parse_target
 
@@ -114,6 +116,8 @@ class BalancedChannel(grpc.aio.Channel):
         # Likewise the target: resolvers parse it in their constructor.
         self._resolver = self._resolver_factory(self._target, self, self._resolver_options)
         self._options = _with_authority(self._options, self._resolver)
+        #: Metrics sinks (``grpc_balancer.metrics.enable()``...); None when none is on.
+        self.instrument: ChannelInstrument | None = for_channel(self)
         with contextlib.suppress(RuntimeError):
             self._start(asyncio.get_running_loop())
 
@@ -154,6 +158,8 @@ class BalancedChannel(grpc.aio.Channel):
                 await asyncio.sleep(0.01)
         subchannels, self._subchannels = list(self._subchannels), set()
         await asyncio.gather(*(sc.aclose() for sc in subchannels), return_exceptions=True)
+        if self.instrument is not None:
+            self.instrument.closed()
 
     async def __aenter__(self) -> BalancedChannel:
         self._ensure_started()
@@ -388,6 +394,8 @@ class BalancedChannel(grpc.aio.Channel):
         self._resolver_error = None
         self._have_endpoints = True
         log.debug("%s: %d endpoints: %s", self._target.raw, len(endpoints), endpoints)
+        if self.instrument is not None:
+            self.instrument.resolver_update(endpoints)
         self._policy.update_endpoints(endpoints)
 
     def on_resolver_error(self, error: str) -> None:
@@ -398,6 +406,8 @@ class BalancedChannel(grpc.aio.Channel):
                 "%s: resolver error (keeping the last good list): %s", self._target.raw, error
             )
         self._resolver_error = error
+        if self.instrument is not None:
+            self.instrument.resolver_error(error)
         if not self._have_endpoints:
             self._publish(
                 Connectivity.TRANSIENT_FAILURE,
@@ -434,6 +444,8 @@ class BalancedChannel(grpc.aio.Channel):
             self._health.add(sc)
         if self._outlier is not None:
             self._outlier.add(sc)
+        if self.instrument is not None:
+            self.instrument.subchannel_added(sc)
         log.info("%s: endpoint added %s", self._target.raw, endpoint.address)
         return sc
 
@@ -445,6 +457,8 @@ class BalancedChannel(grpc.aio.Channel):
             self._health.remove(subchannel)
         if self._outlier is not None:
             self._outlier.remove(subchannel)
+            if self.instrument is not None:
+                self.instrument.subchannel_removed(subchannel)
         subchannel.shutdown()
 
     def update_picker(self, state: Connectivity, picker: Picker) -> None:
@@ -463,6 +477,8 @@ class BalancedChannel(grpc.aio.Channel):
             self.request_reresolution()
         if self._health is not None:
             self._health.on_state(subchannel)
+        if self.instrument is not None:
+            self.instrument.subchannel_state(subchannel)
         self._policy.on_subchannel_state(subchannel)
 
     # -- introspection ---------------------------------------------------------------------------------
@@ -473,6 +489,12 @@ class BalancedChannel(grpc.aio.Channel):
     @property
     def picker(self) -> Picker:
         return self._picker
+
+    def status(self) -> ChannelStatus:
+        """A snapshot of the channel for humans and dashboards: target, resolver state,
+        policy, and each backend's connectivity, health, load and latency (plain
+        dataclasses; ``.as_dict()`` for JSON)."""
+        return channel_status(self)
 
     def __repr__(self) -> str:
         return (

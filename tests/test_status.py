@@ -1,0 +1,76 @@
+"""channel.status(): a plain snapshot that follows real backends (one SIGKILLed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import grpc_balancer
+from grpc_balancer.status import ERROR, RESOLVED, RESOLVING, format_status
+from grpc_balancer.testing import GreeterFleet, ServerProcesses, free_port, manual_resolver
+from tests.helpers import eventually, say_hello_ports
+
+
+async def test_status_reflects_a_killed_backend() -> None:
+    with ServerProcesses(2) as fleet:
+        victim, survivor = fleet.servers
+        async with grpc_balancer.aio.insecure_channel(fleet.target(), policy="round_robin") as ch:
+            assert await ch.wait_for_settled(10)
+            await say_hello_ports(ch, 4)
+            status = ch.status()
+            assert status.target == fleet.target()
+            assert status.policy == "round_robin"
+            assert status.state == "READY"
+            assert status.resolver_state == RESOLVED and status.resolver_error is None
+            assert [s.address for s in status.subchannels] == sorted(fleet.addresses)
+            for sc in status.subchannels:
+                assert (sc.connectivity, sc.health, sc.ejected, sc.usable) == (
+                    "READY",
+                    "UNCHECKED",
+                    False,
+                    True,
+                )
+                assert sc.calls_started == 2 and sc.in_flight == 0 and sc.calls_failed == 0
+                assert sc.latency_ms is not None and sc.latency_ms > 0
+                assert sc.weight == 1.0
+
+            victim.kill()
+            await eventually(lambda: not ch.status().subchannel(victim.address).usable)
+            await eventually(lambda: ch.status().subchannel(victim.address).last_error != "")
+            dead = ch.status().subchannel(victim.address)
+            assert dead.connectivity in ("TRANSIENT_FAILURE", "IDLE", "CONNECTING")
+            assert ch.status().subchannel(survivor.address).usable
+            assert ch.status().state == "READY"
+
+            text = format_status(ch.status())
+            assert victim.address in text and survivor.address in text
+            assert dead.last_error in text
+            # plain data: JSON-serialisable as is
+            assert json.loads(json.dumps(ch.status().as_dict()))["target"] == fleet.target()
+
+
+async def test_resolver_states_and_errors(fleet3: GreeterFleet) -> None:
+    resolver = manual_resolver()
+    async with grpc_balancer.aio.insecure_channel(resolver.target) as ch:
+        ch.get_state(try_to_connect=True)
+        assert ch.status().resolver_state == RESOLVING
+        assert ch.status().subchannels == ()
+        assert "(no backends)" in format_status(ch.status())
+        resolver.update(fleet3.addresses[:1])
+        await eventually(lambda: ch.status().state == "READY")
+        assert ch.status().resolver_state == RESOLVED
+        resolver.fail("lookup timed out")
+        status = ch.status()
+        assert status.resolver_state == ERROR
+        assert status.resolver_error == "lookup timed out"
+        assert [s.address for s in status.subchannels] == fleet3.addresses[:1]  # kept
+        assert "lookup timed out" in format_status(status)
+
+
+async def test_unknown_subchannel_lookup_names_what_exists() -> None:
+    target = f"static:///127.0.0.1:{free_port()}"
+    async with grpc_balancer.aio.insecure_channel(target) as ch:
+        ch.get_state(try_to_connect=True)
+        with pytest.raises(KeyError, match="have:"):
+            ch.status().subchannel("10.0.0.1:1")
