@@ -453,12 +453,12 @@ class BalancedChannel(grpc.aio.Channel):
         if subchannel in self._subchannels:
             log.info("%s: endpoint removed %s", self._target.raw, subchannel.address)
             self._subchannels.discard(subchannel)
+            if self.instrument is not None:
+                self.instrument.subchannel_removed(subchannel)
         if self._health is not None:
             self._health.remove(subchannel)
         if self._outlier is not None:
             self._outlier.remove(subchannel)
-            if self.instrument is not None:
-                self.instrument.subchannel_removed(subchannel)
         subchannel.shutdown()
 
     def update_picker(self, state: Connectivity, picker: Picker) -> None:
