@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from grpc_balancer.testing import GreeterFleet
+from tests.channels import channel_kind  # noqa: F401  (fixture: "aio" / "sync")
 from tests.dnsmasq import dnsmasq  # noqa: F401  (fixture: a real DNS server)
 from tests.etcd_cluster import etcd_cluster3, etcd_node  # noqa: F401  (fixtures: real etcd)
 

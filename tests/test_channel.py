@@ -1,9 +1,12 @@
-"""BalancedChannel end to end on real servers: call kinds, failures, deadlines, close."""
+"""The balanced channels end to end on real servers: call kinds, failures, deadlines,
+close. Behaviour tests take ``channel_kind`` and run against both the asyncio and the
+sync channel (tests/channels.py); tests of the asyncio call-object API are aio-only."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -18,29 +21,35 @@ from grpc_balancer.testing import (
     free_port,
     manual_resolver,
 )
+from tests.channels import open_channel
 from tests.helpers import counts, eventually, port_of, say_hello_ports
 
 Req = greeter_pb2.HelloRequest
 
 
-async def test_all_four_call_kinds_through_a_generated_stub(fleet3: GreeterFleet) -> None:
-    async with grpc_balancer.aio.insecure_channel(fleet3.target(), policy="round_robin") as ch:
-        assert isinstance(ch, grpc.aio.Channel)
-        stub = greeter_pb2_grpc.GreeterStub(ch)
+async def test_all_four_call_kinds_through_a_generated_stub(
+    channel_kind: str, fleet3: GreeterFleet
+) -> None:
+    async with open_channel(channel_kind, fleet3.target(), policy="round_robin") as ch:
+        assert isinstance(ch.channel, grpc.aio.Channel if channel_kind == "aio" else grpc.Channel)
+        stub = ch.stub()
         reply = await stub.SayHello(Req(name="unary"))
         assert reply.message.startswith("Hello unary (from :")
 
-        stream = [r.message async for r in stub.SayHelloStream(Req(name="s", count=3))]
+        stream = [r.message for r in await stub.SayHelloStream(Req(name="s", count=3))]
         assert len(stream) == 3 and [m[-2:] for m in stream] == ["#1", "#2", "#3"]
 
-        async def names():  # type: ignore[no-untyped-def]
-            for n in ("a", "b"):
-                yield Req(name=n)
-
-        many = await stub.SayHelloToMany(names())
+        many = await stub.SayHelloToMany([Req(name="a"), Req(name="b")])
         assert many.message.startswith("Hello a, b (from :")
 
-        chat = stub.Chat()
+        chat = await stub.Chat([Req(name="x"), Req(name="y")])
+        assert [m.message.split(" (")[0] for m in chat] == ["Hello x", "Hello y"]
+        assert port_of(chat[0].message) == port_of(chat[1].message)
+
+
+async def test_stream_stream_write_read_api(fleet3: GreeterFleet) -> None:
+    async with grpc_balancer.aio.insecure_channel(fleet3.target(), policy="round_robin") as ch:
+        chat = greeter_pb2_grpc.GreeterStub(ch).Chat()
         await chat.write(Req(name="x"))
         first = await chat.read()
         await chat.write(Req(name="y"))
@@ -62,27 +71,27 @@ async def test_call_object_api(fleet3: GreeterFleet) -> None:
         assert isinstance(await call.trailing_metadata(), grpc.aio.Metadata)
 
 
-async def test_server_stream_stays_on_one_backend(fleet3: GreeterFleet) -> None:
-    async with grpc_balancer.aio.insecure_channel(fleet3.target(), policy="round_robin") as ch:
+async def test_server_stream_stays_on_one_backend(channel_kind: str, fleet3: GreeterFleet) -> None:
+    async with open_channel(channel_kind, fleet3.target(), policy="round_robin") as ch:
         await ch.wait_for_settled(10)
-        stub = greeter_pb2_grpc.GreeterStub(ch)
+        stub = ch.stub()
         seen_streams = []
         for _ in range(6):
-            ports = {port_of(r.message) async for r in stub.SayHelloStream(Req(name="s", count=5))}
+            ports = {port_of(r.message) for r in await stub.SayHelloStream(Req(name="s", count=5))}
             assert len(ports) == 1
             seen_streams.append(ports.pop())
         # ... while successive streams are balanced.
         assert set(seen_streams) == set(fleet3.ports)
 
 
-async def test_all_backends_down_fails_fast_with_each_endpoint_error() -> None:
+async def test_all_backends_down_fails_fast_with_each_endpoint_error(channel_kind: str) -> None:
     ports = [free_port(), free_port()]
     target = "static:///" + ",".join(f"127.0.0.1:{p}" for p in ports)
-    async with grpc_balancer.aio.insecure_channel(target, policy="round_robin") as ch:
-        stub = greeter_pb2_grpc.GreeterStub(ch)
-        with pytest.raises(grpc.aio.AioRpcError) as info:
+    async with open_channel(channel_kind, target, policy="round_robin") as ch:
+        stub = ch.stub()
+        with pytest.raises(grpc.RpcError) as info:
             await stub.SayHello(Req(), timeout=30)
-    err = info.value
+    err: Any = info.value
     assert err.code() is grpc.StatusCode.UNAVAILABLE
     details = err.details() or ""
     assert f"no backend reachable for target {target!r}" in details
@@ -91,20 +100,21 @@ async def test_all_backends_down_fails_fast_with_each_endpoint_error() -> None:
     assert details.count("Connection refused") == 2, details
 
 
-async def test_wait_for_ready_waits_until_the_deadline() -> None:
+async def test_wait_for_ready_waits_until_the_deadline(channel_kind: str) -> None:
     target = f"static:///127.0.0.1:{free_port()}"
-    async with grpc_balancer.aio.insecure_channel(target, policy="round_robin") as ch:
-        stub = greeter_pb2_grpc.GreeterStub(ch)
-        with pytest.raises(grpc.aio.AioRpcError) as info:
+    async with open_channel(channel_kind, target, policy="round_robin") as ch:
+        stub = ch.stub()
+        with pytest.raises(grpc.RpcError) as info:
             await stub.SayHello(Req(), timeout=1.0, wait_for_ready=True)
-    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    assert "Connection refused" in (info.value.details() or "")
+    err: Any = info.value
+    assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "Connection refused" in (err.details() or "")
 
 
-async def test_wait_for_ready_call_succeeds_when_a_backend_appears() -> None:
+async def test_wait_for_ready_call_succeeds_when_a_backend_appears(channel_kind: str) -> None:
     server = ServerProcess()
-    async with grpc_balancer.aio.insecure_channel(f"static:///{server.address}") as ch:
-        stub = greeter_pb2_grpc.GreeterStub(ch)
+    async with open_channel(channel_kind, f"static:///{server.address}") as ch:
+        stub = ch.stub()
         call = asyncio.ensure_future(
             stub.SayHello(Req(name="late"), timeout=60, wait_for_ready=True)
         )
@@ -118,10 +128,12 @@ async def test_wait_for_ready_call_succeeds_when_a_backend_appears() -> None:
     assert reply.message == f"Hello late (from :{server.port})"
 
 
-async def test_killed_backend_leaves_round_robin_and_rejoins_after_restart() -> None:
+async def test_killed_backend_leaves_round_robin_and_rejoins_after_restart(
+    channel_kind: str,
+) -> None:
     with ServerProcesses(3) as fleet:
         victim = fleet.servers[1]
-        async with grpc_balancer.aio.insecure_channel(fleet.target(), policy="round_robin") as ch:
+        async with open_channel(channel_kind, fleet.target(), policy="round_robin") as ch:
             await ch.wait_for_settled(10)
             assert set(await say_hello_ports(ch, 30)) == {s.port for s in fleet.servers}
             victim.kill()
@@ -139,31 +151,36 @@ async def test_killed_backend_leaves_round_robin_and_rejoins_after_restart() -> 
         assert sorted(counts(ports).values()) == [10, 10, 10]
 
 
-async def test_resolver_error_before_any_list_fails_calls_with_the_error() -> None:
+async def test_resolver_error_before_any_list_fails_calls_with_the_error(
+    channel_kind: str,
+) -> None:
     resolver = manual_resolver()
-    async with grpc_balancer.aio.insecure_channel(resolver.target) as ch:
+    async with open_channel(channel_kind, resolver.target) as ch:
         resolver.fail("registry unreachable: connection refused")
-        stub = greeter_pb2_grpc.GreeterStub(ch)
-        with pytest.raises(grpc.aio.AioRpcError) as info:
+        stub = ch.stub()
+        with pytest.raises(grpc.RpcError) as info:
             await stub.SayHello(Req(), timeout=5)
-    assert info.value.code() is grpc.StatusCode.UNAVAILABLE
-    assert "registry unreachable" in (info.value.details() or "")
+    err: Any = info.value
+    assert err.code() is grpc.StatusCode.UNAVAILABLE
+    assert "registry unreachable" in (err.details() or "")
 
 
-async def test_resolver_error_keeps_the_last_good_list(fleet3: GreeterFleet) -> None:
+async def test_resolver_error_keeps_the_last_good_list(
+    channel_kind: str, fleet3: GreeterFleet
+) -> None:
     resolver = manual_resolver(fleet3.addresses)
-    async with grpc_balancer.aio.insecure_channel(resolver.target, policy="round_robin") as ch:
+    async with open_channel(channel_kind, resolver.target, policy="round_robin") as ch:
         await ch.wait_for_settled(10)
         resolver.fail("temporary failure")
         assert set(await say_hello_ports(ch, 9)) == set(fleet3.ports)
 
 
 async def test_endpoint_updates_reuse_subchannels_and_empty_list_is_honoured(
-    fleet3: GreeterFleet,
+    channel_kind: str, fleet3: GreeterFleet
 ) -> None:
     a, b, c = fleet3.addresses
     resolver = manual_resolver([a, b])
-    async with grpc_balancer.aio.insecure_channel(resolver.target, policy="round_robin") as ch:
+    async with open_channel(channel_kind, resolver.target, policy="round_robin") as ch:
         await ch.wait_for_settled(10)
         before = {sc.address: sc for sc in ch.subchannels}
         resolver.update([b, c])
@@ -174,31 +191,33 @@ async def test_endpoint_updates_reuse_subchannels_and_empty_list_is_honoured(
         assert set(await say_hello_ports(ch, 6)) == {fleet3.ports[1], fleet3.ports[2]}
 
         resolver.update([])
-        stub = greeter_pb2_grpc.GreeterStub(ch)
-        with pytest.raises(grpc.aio.AioRpcError) as info:
+        stub = ch.stub()
+        with pytest.raises(grpc.RpcError) as info:
             await stub.SayHello(Req(), timeout=5)
-        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
-        assert "resolver returned an empty list" in (info.value.details() or "")
+        err: Any = info.value
+        assert err.code() is grpc.StatusCode.UNAVAILABLE
+        assert "resolver returned an empty list" in (err.details() or "")
 
 
-async def test_queued_call_honours_its_deadline_while_resolving() -> None:
+async def test_queued_call_honours_its_deadline_while_resolving(channel_kind: str) -> None:
     resolver = manual_resolver()  # never answers
-    async with grpc_balancer.aio.insecure_channel(resolver.target) as ch:
-        stub = greeter_pb2_grpc.GreeterStub(ch)
-        with pytest.raises(grpc.aio.AioRpcError) as info:
+    async with open_channel(channel_kind, resolver.target) as ch:
+        stub = ch.stub()
+        with pytest.raises(grpc.RpcError) as info:
             await stub.SayHello(Req(), timeout=0.3)
-    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    assert "still resolving" in (info.value.details() or "")
+    err: Any = info.value
+    assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "still resolving" in (err.details() or "")
 
 
-async def test_channel_state_api(fleet3: GreeterFleet) -> None:
-    ch = grpc_balancer.aio.insecure_channel(fleet3.target(), policy="round_robin")
+async def test_channel_state_api(channel_kind: str, fleet3: GreeterFleet) -> None:
+    ch = open_channel(channel_kind, fleet3.target(), policy="round_robin")
     await ch.channel_ready()
     assert ch.get_state() is grpc.ChannelConnectivity.READY
     await ch.close()
     assert ch.get_state() is grpc.ChannelConnectivity.SHUTDOWN
-    with pytest.raises(grpc_balancer.ChannelClosedError):
-        await greeter_pb2_grpc.GreeterStub(ch).SayHello(Req())
+    with pytest.raises(grpc_balancer.ChannelClosedError, match="is closed"):
+        await ch.stub().SayHello(Req())
 
 
 async def test_close_leaves_no_tasks_and_no_open_channels() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc_balancer
 from grpc_balancer.testing import ServerProcess, ServerProcesses
+from tests.channels import open_channel
 from tests.helpers import eventually, say_hello_ports
 
 
@@ -20,10 +21,10 @@ async def _calls_until(channel: object, port: int, limit: int = 200) -> list[int
     raise AssertionError(f"no call reached :{port} in {limit} calls: {seen[-10:]}")
 
 
-async def test_pick_first_is_sticky_and_fails_over_in_order() -> None:
+async def test_pick_first_is_sticky_and_fails_over_in_order(channel_kind: str) -> None:
     with ServerProcesses(3) as fleet:
         s0, s1, _s2 = fleet.servers
-        async with grpc_balancer.aio.insecure_channel(fleet.target()) as ch:
+        async with open_channel(channel_kind, fleet.target()) as ch:
             assert ch.config.policy == "pick_first"
             assert set(await say_hello_ports(ch, 20)) == {s0.port}
             # Only the first endpoint was dialed.
@@ -48,14 +49,12 @@ async def test_pick_first_is_sticky_and_fails_over_in_order() -> None:
                 restarted.kill()
 
 
-async def test_pick_first_shuffle_address_list_spreads_clients() -> None:
+async def test_pick_first_shuffle_address_list_spreads_clients(channel_kind: str) -> None:
     with ServerProcesses(3) as fleet:
         first_ports = set()
         config = {"loadBalancingConfig": [{"pick_first": {"shuffleAddressList": True}}]}
         for _ in range(12):
-            async with grpc_balancer.aio.insecure_channel(
-                fleet.target(), service_config=config
-            ) as ch:
+            async with open_channel(channel_kind, fleet.target(), service_config=config) as ch:
                 first_ports.add((await say_hello_ports(ch, 1))[0])
         # 12 clients all landing on one of 3 backends has probability 3 * (1/3)^12.
         assert len(first_ports) > 1

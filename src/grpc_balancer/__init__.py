@@ -1,6 +1,7 @@
 """grpc-balancer: client-side load balancing and service discovery for Python gRPC.
 
-The asyncio channel lives in :mod:`grpc_balancer.aio`; extension points are
+:func:`insecure_channel` / :func:`secure_channel` return a ``grpc.Channel`` for sync
+stubs; the asyncio channel lives in :mod:`grpc_balancer.aio`; extension points are
 :func:`register_resolver` and :func:`register_policy`.
 """
 
@@ -10,6 +11,7 @@ from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.errors import (
     BalancerConfigError,
     ChannelClosedError,
+    ChannelUsedAfterForkError,
     InvalidTargetError,
     ServiceConfigError,
     UnknownPolicyError,
@@ -25,6 +27,7 @@ from grpc_balancer.resolvers.base import (
 from grpc_balancer.server.registration import Registration, RegistrationError, registration
 from grpc_balancer.status import ChannelStatus, SubchannelStatus
 from grpc_balancer.subchannel import Subchannel
+from grpc_balancer.sync_channel import SyncBalancedChannel, insecure_channel, secure_channel
 from grpc_balancer.target import Target, parse_target
 
 __version__ = "0.1.0"
@@ -36,6 +39,7 @@ __all__ = [
     "ChannelClosedError",
     "ChannelControl",
     "ChannelStatus",
+    "ChannelUsedAfterForkError",
     "Endpoint",
     "InvalidTargetError",
     "PickInfo",
@@ -49,13 +53,16 @@ __all__ = [
     "ServiceConfigError",
     "Subchannel",
     "SubchannelStatus",
+    "SyncBalancedChannel",
     "Target",
     "UnknownPolicyError",
     "__version__",
     "aio",
     "capture_backend",
+    "insecure_channel",
     "parse_target",
     "register_policy",
     "register_resolver",
     "registration",
+    "secure_channel",
 ]

@@ -438,7 +438,7 @@ class BalancedChannel(grpc.aio.Channel):
                 options=self._options,
                 interceptors=self._interceptors or None,
             )
-        sc = Subchannel(endpoint, inner, self)
+        sc = self.make_subchannel(endpoint, inner)
         self._subchannels.add(sc)
         if self._health is not None:
             self._health.add(sc)
@@ -448,6 +448,10 @@ class BalancedChannel(grpc.aio.Channel):
             self.instrument.subchannel_added(sc)
         log.info("%s: endpoint added %s", self._target.raw, endpoint.address)
         return sc
+
+    def make_subchannel(self, endpoint: Endpoint, inner: grpc.aio.Channel) -> Subchannel:
+        """The subchannel object for a new endpoint (the sync channel makes its own kind)."""
+        return Subchannel(endpoint, inner, self)
 
     def remove_subchannel(self, subchannel: Subchannel) -> None:
         if subchannel in self._subchannels:

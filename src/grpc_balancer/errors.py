@@ -19,5 +19,11 @@ class ServiceConfigError(BalancerConfigError):
     """The service config is not valid JSON or has a bad or unknown field."""
 
 
-class ChannelClosedError(RuntimeError):
-    """The channel was used after close()."""
+class ChannelClosedError(RuntimeError, ValueError):
+    """The channel was used after close(). Also a ``ValueError``, which is what grpcio's
+    own sync channel raises for a closed channel, so existing handlers keep working."""
+
+
+class ChannelUsedAfterForkError(ChannelClosedError):
+    """A sync channel was used in a child process after ``fork()``: its event-loop
+    thread and connections exist only in the parent."""

@@ -6,6 +6,7 @@ greeter servers in child processes that can be SIGKILLed and restarted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -13,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -30,12 +31,16 @@ _ids = itertools.count(1)
 
 
 class ManualResolver:
-    """Register with :func:`manual_resolver`; the test pushes lists and errors by hand."""
+    """Register with :func:`manual_resolver`; the test pushes lists and errors by hand.
+
+    Works with sync channels too: an update is handed to the event loop the channel
+    runs on (the sync channel's own thread) and applied before ``update`` returns.
+    """
 
     def __init__(self, scheme: str) -> None:
         self.scheme = scheme
         self.target = f"{scheme}:///test"
-        self._listeners: list[ResolverListener] = []
+        self._instances: list[_ManualInstance] = []
         self._endpoints: list[Endpoint] | None = None
         self._error: str | None = None
         self.resolve_now_calls = 0
@@ -46,32 +51,53 @@ class ManualResolver:
         return _ManualInstance(self, listener)
 
     def update(self, addresses: Sequence[str | Endpoint]) -> None:
-        self._endpoints = [a if isinstance(a, Endpoint) else Endpoint(a) for a in addresses]
-        for listener in self._listeners:
-            listener.on_endpoints(self._endpoints)
+        endpoints = [a if isinstance(a, Endpoint) else Endpoint(a) for a in addresses]
+        self._endpoints = endpoints
+        for instance in list(self._instances):
+            instance.deliver(lambda listener: listener.on_endpoints(endpoints))
 
     def fail(self, error: str) -> None:
         self._error = error
-        for listener in self._listeners:
-            listener.on_resolver_error(error)
+        for instance in list(self._instances):
+            instance.deliver(lambda listener: listener.on_resolver_error(error))
 
 
 class _ManualInstance:
     def __init__(self, owner: ManualResolver, listener: ResolverListener) -> None:
         self._owner = owner
         self._listener = listener
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        self._owner._listeners.append(self._listener)
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
+        self._owner._instances.append(self)
         if self._owner._endpoints is not None:
             self._listener.on_endpoints(self._owner._endpoints)
+
+    def deliver(self, action: Callable[[ResolverListener], None]) -> None:
+        """Run ``action(listener)`` on the channel's loop, waiting for it if that loop
+        runs in another thread."""
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        loop = self._loop
+        if loop is None or loop is running or loop.is_closed():
+            action(self._listener)
+            return
+
+        async def apply() -> None:
+            action(self._listener)
+
+        asyncio.run_coroutine_threadsafe(apply(), loop).result(10)
 
     def resolve_now(self) -> None:
         self._owner.resolve_now_calls += 1
 
     async def close(self) -> None:
-        if self._listener in self._owner._listeners:
-            self._owner._listeners.remove(self._listener)
+        if self in self._owner._instances:
+            self._owner._instances.remove(self)
 
 
 def manual_resolver(initial: Sequence[str | Endpoint] | None = None) -> ManualResolver:

@@ -1,0 +1,138 @@
+"""Run one test against both channel kinds, so sync/async parity is tested, not assumed.
+
+Use the ``channel_kind`` fixture (``"aio"`` or ``"sync"``) and :func:`open_channel`::
+
+    async def test_x(channel_kind: str, fleet3: GreeterFleet) -> None:
+        async with open_channel(channel_kind, fleet3.target(), policy="round_robin") as ch:
+            reply = await ch.stub().SayHello(Req(name="x"), timeout=5)
+
+The test stays async either way. For the sync channel every call runs in a worker
+thread (``asyncio.to_thread``), so the test's event loop — and any in-process servers
+on it — keeps running while the sync stub blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import pytest
+
+import grpc_balancer
+from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
+from tests.helpers import port_of
+
+KINDS = ("aio", "sync")
+
+Req = greeter_pb2.HelloRequest
+Reply = greeter_pb2.HelloReply
+
+
+@pytest.fixture(params=KINDS)
+def channel_kind(request: pytest.FixtureRequest) -> str:
+    """Parametrises a test over the asyncio and the sync balanced channel."""
+    return str(request.param)
+
+
+class Greeter:
+    """The greeter's four calls, awaitable whatever the channel kind. Streaming replies
+    come back as lists; client streams take any iterable of requests."""
+
+    def __init__(self, kind: str, channel: Any) -> None:
+        self._sync = kind == "sync"
+        self._stub = greeter_pb2_grpc.GreeterStub(channel)
+
+    async def SayHello(self, request: Any, **kwargs: Any) -> Any:
+        if self._sync:
+            return await asyncio.to_thread(self._stub.SayHello, request, **kwargs)
+        return await self._stub.SayHello(request, **kwargs)
+
+    async def SayHelloStream(self, request: Any, **kwargs: Any) -> list[Any]:
+        if self._sync:
+            return await asyncio.to_thread(
+                lambda: list(self._stub.SayHelloStream(request, **kwargs))
+            )
+        return [r async for r in self._stub.SayHelloStream(request, **kwargs)]
+
+    async def SayHelloToMany(self, requests: Iterable[Any], **kwargs: Any) -> Any:
+        items = list(requests)
+        if self._sync:
+            return await asyncio.to_thread(self._stub.SayHelloToMany, iter(items), **kwargs)
+        return await self._stub.SayHelloToMany(_aiter(items), **kwargs)
+
+    async def Chat(self, requests: Iterable[Any], **kwargs: Any) -> list[Any]:
+        items = list(requests)
+        if self._sync:
+            return await asyncio.to_thread(lambda: list(self._stub.Chat(iter(items), **kwargs)))
+        return [r async for r in self._stub.Chat(_aiter(items), **kwargs)]
+
+
+async def _aiter(items: list[Any]) -> AsyncIterator[Any]:
+    for item in items:
+        yield item
+
+
+class AnyChannel:
+    """A balanced channel of either kind with one async test API; other attributes
+    (``subchannels``, ``config``, ``get_state``, ``picker``...) are the channel's own."""
+
+    def __init__(self, kind: str, channel: Any) -> None:
+        self.kind = kind
+        self.channel = channel
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.channel, name)
+
+    def stub(self) -> Greeter:
+        return Greeter(self.kind, self.channel)
+
+    async def wait_for_settled(self, timeout: float) -> bool:
+        if self.kind == "sync":
+            return bool(await asyncio.to_thread(self.channel.wait_for_settled, timeout))
+        return bool(await self.channel.wait_for_settled(timeout))
+
+    async def channel_ready(self) -> None:
+        if self.kind == "sync":
+            await asyncio.to_thread(self.channel.channel_ready)
+        else:
+            await self.channel.channel_ready()
+
+    async def close(self) -> None:
+        if self.kind == "sync":
+            await asyncio.to_thread(self.channel.close)
+        else:
+            await self.channel.close()
+
+    async def say_hello_ports(self, n: int, timeout: float = 5.0) -> list[int]:
+        """``n`` sequential SayHello calls; the serving port of each, in order."""
+        if self.kind == "sync":
+            stub = greeter_pb2_grpc.GreeterStub(self.channel)
+
+            def run() -> list[int]:
+                return [
+                    port_of(stub.SayHello(Req(name="t"), timeout=timeout).message) for _ in range(n)
+                ]
+
+            return await asyncio.to_thread(run)
+        stub = greeter_pb2_grpc.GreeterStub(self.channel)
+        ports = []
+        for _ in range(n):
+            reply = await stub.SayHello(Req(name="t"), timeout=timeout)
+            ports.append(port_of(reply.message))
+        return ports
+
+    async def __aenter__(self) -> AnyChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def open_channel(kind: str, target: str, **kwargs: Any) -> AnyChannel:
+    """``grpc_balancer.aio.insecure_channel`` or ``grpc_balancer.insecure_channel``."""
+    if kind == "aio":
+        return AnyChannel(kind, grpc_balancer.aio.insecure_channel(target, **kwargs))
+    if kind == "sync":
+        return AnyChannel(kind, grpc_balancer.insecure_channel(target, **kwargs))
+    raise ValueError(f"unknown channel kind {kind!r} (known: {', '.join(KINDS)})")
