@@ -496,8 +496,7 @@ class BalancedFuture(_CallFuture):
         return True
 
     def cancelled(self) -> bool:
-        with self._cond:
-            return self._cancelled and self._done
+        return self._cancelled
 
     def running(self) -> bool:
         return not self._done
