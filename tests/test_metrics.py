@@ -245,3 +245,43 @@ async def test_metrics_off_means_no_instrument(fleet3: GreeterFleet) -> None:
 def test_bad_port_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="metrics port"):
         metrics.serve(70000)
+
+
+async def test_retries_from_the_attempt_loop_are_counted_per_backend(
+    scrape: Scraper, fleet_one_failing: GreeterFleet
+) -> None:
+    fleet = fleet_one_failing
+    config = {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [{"service": "greeter.Greeter"}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.01s",
+                    "maxBackoff": "0.05s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["INTERNAL"],
+                },
+            }
+        ],
+    }
+    target = fleet.target()
+    bad = fleet.addresses[2]
+    async with grpc_balancer.aio.insecure_channel(target, service_config=config) as ch:
+        assert await ch.wait_for_settled(10)
+        seen = await _calls(ch, 12)
+        samples = await scrape()
+    assert set(seen) <= {(a, "OK") for a in fleet.addresses[:2]}
+    assert sum(seen.values()) == 12
+    labels = {"grpc_target": target, "grpc_lb_backend": bad}
+    failed_attempts = value(
+        samples, "grpc_client_attempt_duration_seconds_count", grpc_status="INTERNAL", **labels
+    )
+    assert failed_attempts > 0
+    assert value(samples, "grpc_lb_retries_total", **labels) == failed_attempts
+    assert value(samples, "grpc_lb_retries_total", grpc_target=target) == failed_attempts
+    assert value(samples, "grpc_client_call_duration_seconds_count", grpc_target=target) == 12
+    assert value(samples, "grpc_client_attempt_started_total", grpc_target=target) == (
+        12 + failed_attempts
+    )

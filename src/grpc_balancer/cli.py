@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import grpc
 
 from grpc_balancer import aio
+from grpc_balancer.cli_observe import add_observe_args, run_observed, wants_observed_run
 from grpc_balancer.cli_register import add_register_args, registration_hooks
 from grpc_balancer.cli_resolve import add_resolve_parser
 from grpc_balancer.errors import BalancerConfigError
@@ -42,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
+        level=logging.DEBUG if args.verbose else args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
@@ -67,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="grpc-balancer", description="Client-side load balancing for Python gRPC."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-level",
+        type=_log_level,
+        default=logging.WARNING,
+        metavar="LEVEL",
+        help="debug, info (one line per state change), warning (default) or error",
+    )
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
@@ -92,13 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("-n", "--count", type=_positive_int, default=4, help="number of calls")
     call.add_argument("--name", default="World")
     call.add_argument("--timeout", type=float, default=5.0, help="deadline per call, seconds")
+    add_observe_args(call)
     call.set_defaults(func=cmd_call)
 
     demo = sub.add_parser("demo", help="start 3 servers, balance calls over them, stop them")
     demo.add_argument("--servers", type=_positive_int, default=3)
     demo.add_argument("-n", "--count", type=_positive_int, default=9)
     demo.add_argument("--policy", default="round_robin")
-    demo.set_defaults(func=cmd_demo)
+    add_observe_args(demo)
+    demo.set_defaults(func=cmd_demo, timeout=5.0, name="World")
 
     add_resolve_parser(sub)
     return parser
@@ -135,6 +145,17 @@ def _port_arg(text: str) -> int:
         return parse_port(text, "--port")
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _log_level(text: str) -> int:
+    levels = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+    levels["error"] = logging.ERROR
+    try:
+        return levels[text.lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"unknown log level {text!r} (use {', '.join(levels)})"
+        ) from None
 
 
 def _positive_int(text: str) -> int:
@@ -177,9 +198,12 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 async def cmd_call(args: argparse.Namespace) -> int:
     print("🚀 Running the gRPC client with load balancing...", flush=True)
     policy = args.policy or (None if args.service_config else "round_robin")
-    counts, failed = await run_calls(
-        args.target, policy, args.count, args.name, args.timeout, args.service_config
-    )
+    if wants_observed_run(args):
+        counts, failed = await run_observed(args.target, policy, args, args.service_config)
+    else:
+        counts, failed = await run_calls(
+            args.target, policy, args.count, args.name, args.timeout, args.service_config
+        )
     print_distribution(counts, failed)
     return 0 if failed == 0 else 1
 
@@ -236,7 +260,10 @@ async def cmd_demo(args: argparse.Namespace) -> int:
         target = "static:///" + ",".join(f"localhost:{s.port}" for s in servers)
         print(f"Target: {target}  policy: {args.policy}", flush=True)
         print("🚀 Running the gRPC client with load balancing...", flush=True)
-        counts, failed = await run_calls(target, args.policy, args.count, "World", 5.0)
+        if wants_observed_run(args):
+            counts, failed = await run_observed(target, args.policy, args)
+        else:
+            counts, failed = await run_calls(target, args.policy, args.count, "World", 5.0)
         print_distribution(counts, failed)
         return 0 if failed == 0 else 1
     finally:

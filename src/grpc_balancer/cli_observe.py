@@ -1,0 +1,164 @@
+"""The observability side of ``grpc-balancer call`` / ``demo``: concurrent or
+rate-limited load (``--concurrency``, ``--rate``), the live view (``--live``), a
+status dump (``--status``) and a metrics endpoint (``--metrics-port``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections import Counter
+
+import grpc
+import grpc.aio
+
+from grpc_balancer import aio
+from grpc_balancer.channel import BalancedChannel
+from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.live import CallStats, LiveView
+from grpc_balancer.status import format_status
+
+
+def add_observe_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--concurrency", type=_positive_int, default=1, help="calls in flight at once (default 1)"
+    )
+    parser.add_argument(
+        "--rate",
+        type=_non_negative_float,
+        default=0.0,
+        help="calls per second (0: as fast as possible)",
+    )
+    parser.add_argument(
+        "--live", action="store_true", help="live per-backend view (plain lines if not a terminal)"
+    )
+    parser.add_argument(
+        "--status", action="store_true", help="print the channel status after the calls"
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=_port_or_zero,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port while running (0: any free port)",
+    )
+
+
+def wants_observed_run(args: argparse.Namespace) -> bool:
+    """Whether the plain sequential loop (one printed reply per call) will not do."""
+    return bool(
+        args.live
+        or args.status
+        or args.metrics_port is not None
+        or args.concurrency > 1
+        or args.rate
+    )
+
+
+async def run_observed(
+    target: str,
+    policy: str | None,
+    args: argparse.Namespace,
+    service_config: str | None = None,
+) -> tuple[Counter[str], int]:
+    """Run ``args.count`` SayHello calls with the chosen concurrency and rate; count per backend."""
+    server = None
+    if args.metrics_port is not None:
+        from grpc_balancer import metrics
+
+        server = metrics.serve(args.metrics_port, "127.0.0.1")
+        print(f"Metrics on http://127.0.0.1:{server.server_port}/metrics", flush=True)
+    stats = CallStats()
+    try:
+        async with aio.insecure_channel(
+            target, policy=policy, service_config=service_config
+        ) as channel:
+            await channel.wait_for_settled(timeout=min(args.timeout, 2.0))
+            stats = CallStats()
+            if args.live:
+                async with LiveView(channel, stats, args.count):
+                    await run_load(channel, stats, args)
+            else:
+                await run_load(channel, stats, args, echo=True)
+            if args.status:
+                print(format_status(channel.status()), flush=True)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+    counts = Counter({b: s.calls for b, s in stats.backends.items() if s.calls})
+    return counts, stats.failed
+
+
+async def run_load(
+    channel: BalancedChannel, stats: CallStats, args: argparse.Namespace, echo: bool = False
+) -> None:
+    """``args.count`` calls from ``args.concurrency`` workers, paced to ``args.rate``/s."""
+    stub = greeter_pb2_grpc.GreeterStub(channel)
+    request = greeter_pb2.HelloRequest(name=args.name)
+    remaining = args.count
+    interval = 1.0 / args.rate if args.rate else 0.0
+    next_at = time.monotonic()
+
+    async def worker() -> None:
+        nonlocal remaining, next_at
+        while remaining > 0:
+            remaining -= 1
+            if interval:
+                now = time.monotonic()
+                slot, next_at = max(next_at, now), max(next_at, now) + interval
+                if slot > now:
+                    await asyncio.sleep(slot - now)
+            call = stub.SayHello(request, timeout=args.timeout)
+            started = time.monotonic()
+            try:
+                reply = await call
+            except grpc.aio.AioRpcError as err:
+                stats.record(call.peer_address, time.monotonic() - started, ok=False)
+                if echo:
+                    print(f"Call failed: {err.code().name}: {err.details()}", file=sys.stderr)
+                continue
+            stats.record(call.peer_address, time.monotonic() - started, ok=True)
+            if echo:
+                print(f"Response from server: {reply.message}", flush=True)
+
+    await asyncio.gather(*(worker() for _ in range(min(args.concurrency, args.count))))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _port_or_zero(text: str) -> int:
+    value = _non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port 0..65535, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
