@@ -185,6 +185,14 @@ async def amplification_trial(rate: float, seconds: float, outlier: bool) -> dic
     }
 
 
+def _p99_per_second(timeline: list[tuple[float, float, bool]]) -> list[float]:
+    """p99 latency (ms) of the calls started in each second of the trial (kill at the middle)."""
+    seconds: dict[int, list[float]] = {}
+    for start, latency_ms, _ in timeline:
+        seconds.setdefault(int(start), []).append(latency_ms)
+    return [round(p99(seconds[s]), 3) for s in sorted(seconds)]
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -253,9 +261,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = asyncio.run(run(args.rate, args.seconds, args.trials))
     RESULTS.mkdir(exist_ok=True)
     plot(result, RESULTS / "failover.png")
-    for trial in result["failover"]["trials"][1:]:
-        trial.pop("timeline")  # keep the JSON small: one timeline is enough
-    (RESULTS / "failover.json").write_text(json.dumps(result, indent=2))
+    for trial in result["failover"]["trials"]:
+        trial["p99_ms_per_second"] = _p99_per_second(trial.pop("timeline"))
+    (RESULTS / "failover.json").write_text(json.dumps(result, indent=1))
     return result
 
 

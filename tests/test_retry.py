@@ -424,3 +424,75 @@ async def test_cancelling_a_call_during_backoff_stops_it() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_client_stream_is_replayed_on_another_backend() -> None:
+    fleet = _fleet_with_one_failing()
+    async with (
+        fleet,
+        grpc_balancer.aio.insecure_channel(fleet.target(), service_config=retry_config()) as ch,
+    ):
+        assert await ch.wait_for_settled(10)
+        stub = greeter_pb2_grpc.GreeterStub(ch)
+
+        async def names() -> Any:
+            for n in ("a", "b", "c"):
+                await asyncio.sleep(0)
+                yield Req(name=n)
+
+        for i in range(9):
+            source = names() if i % 2 else iter([Req(name=n) for n in ("a", "b", "c")])
+            call = stub.SayHelloToMany(source, timeout=10)
+            reply = await call
+            # the retried attempt got every request message again
+            assert reply.message.startswith("Hello a, b, c (from :")
+            assert port_of(reply.message) != fleet.ports[0]
+    bad = fleet.servers[0].servicer
+    assert bad is not None and bad.calls > 0
+
+
+async def test_bidi_stream_with_an_iterator_retries_before_the_first_response() -> None:
+    # The failing backend answers after a pause: had it failed while the client was still
+    # writing, grpc.aio may report the write's local failure as INTERNAL instead.
+    fleet = GreeterFleet(3, faults=[Faults(fail_rate=1.0, delay_ms=200), Faults(), Faults()])
+    async with (
+        fleet,
+        grpc_balancer.aio.insecure_channel(fleet.target(), service_config=retry_config()) as ch,
+    ):
+        assert await ch.wait_for_settled(10)
+        stub = greeter_pb2_grpc.GreeterStub(ch)
+        for _ in range(9):
+            call = stub.Chat(iter([Req(name="x"), Req(name="y")]), timeout=10)
+            replies = [r.message async for r in call]
+            assert [m.split(" (")[0] for m in replies] == ["Hello x", "Hello y"]
+            assert port_of(replies[0]) != fleet.ports[0]
+    bad = fleet.servers[0].servicer
+    assert bad is not None and bad.calls > 0
+
+
+async def test_bidi_stream_written_by_hand_is_not_retried() -> None:
+    # write()/read() style: the messages are not ours to replay, so the error shows
+    fleet = GreeterFleet(1, faults=[Faults(fail_rate=1.0)])
+    async with (
+        fleet,
+        grpc_balancer.aio.insecure_channel(fleet.target(), service_config=retry_config()) as ch,
+    ):
+        stub = greeter_pb2_grpc.GreeterStub(ch)
+        chat = stub.Chat(timeout=10)
+        await chat.write(Req(name="x"))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await chat.read()
+        assert info.value.code() is UNAVAILABLE
+    assert fleet.servers[0].servicer is not None and fleet.servers[0].servicer.calls == 1
+
+
+async def test_replayable_requests_replay_then_forget_after_commit() -> None:
+    from grpc_balancer.request_replay import ReplayableRequests
+
+    replay = ReplayableRequests(iter(range(5)))
+    first = replay.replay()
+    assert [await first.__anext__() for _ in range(3)] == [0, 1, 2]  # attempt 1 dies here
+    second = replay.replay()
+    replay.commit()
+    assert [x async for x in second] == [0, 1, 2, 3, 4]
+    assert replay._buffer == []  # nothing kept once committed

@@ -20,6 +20,7 @@ from grpc.aio import Metadata
 
 from grpc_balancer.capture import CURRENT as _CAPTURE
 from grpc_balancer.picker import PickInfo
+from grpc_balancer.request_replay import ReplayableRequests
 from grpc_balancer.retry import (
     PREVIOUS_ATTEMPTS_KEY,
     PUSHBACK_KEY,
@@ -583,7 +584,9 @@ class _StreamingCall(_CallBase):
         self._started = True
         try:
             retry = self._mc._retry
-            if retry is not None and isinstance(self, BalancedUnaryStreamCall):
+            if retry is not None and (
+                isinstance(self, BalancedUnaryStreamCall) or self._request is not None
+            ):
                 await self._start_with_retries(retry, loop)
                 return
             sc = await self._pick()
@@ -600,7 +603,9 @@ class _StreamingCall(_CallBase):
         finally:
             self._starting.set_result(None)
 
-    def _send(self, sc: Subchannel, metadata: Any) -> Any:
+    def _send(self, sc: Subchannel, metadata: Any, request: Any = None) -> Any:
+        if request is None:
+            request = self._request
         kwargs: dict[str, Any] = {
             "timeout": self._remaining(),
             "metadata": metadata,
@@ -609,15 +614,20 @@ class _StreamingCall(_CallBase):
             "compression": self._compression,
         }
         inner = self._mc.inner(sc)
-        return inner(self._request, **kwargs) if self._request is not None else inner(**kwargs)
+        return inner(request, **kwargs) if request is not None else inner(**kwargs)
 
     async def _start_with_retries(
         self, retry: RetryPolicy, loop: asyncio.AbstractEventLoop
     ) -> None:
-        """A server stream with a retry policy: read the first response before handing
-        the stream over, retrying (elsewhere) until one arrives; after it, no retries."""
+        """A stream with a retry policy: read the first response before handing the
+        stream over, retrying (elsewhere) until one arrives; after it, no retries.
+        Request streams (given as an iterator) are buffered until then and replayed."""
         transparent = 0
         attempts = 0
+        replay = (
+            None if isinstance(self, BalancedUnaryStreamCall) else ReplayableRequests(self._request)
+        )
+        single_response = isinstance(self, BalancedStreamUnaryCall)
         while True:
             picker = self._channel.picker
             sc = await self._pick()
@@ -627,11 +637,13 @@ class _StreamingCall(_CallBase):
                 if not attempts
                 else _with_previous_attempts(self._metadata, attempts)
             )
-            attempt = self._send(sc, metadata)
+            attempt = self._send(sc, metadata, None if replay is None else replay.replay())
             self._attempt = attempt
             started = sc.call_started()
             try:
-                first = await attempt.read()
+                first = None if single_response else await attempt.read()
+                if single_response:
+                    await attempt
             except grpc.aio.AioRpcError as err:
                 code = err.code()
                 sc.call_finished(started, code)
@@ -660,6 +672,8 @@ class _StreamingCall(_CallBase):
             except asyncio.CancelledError:
                 sc.call_finished(started, grpc.StatusCode.CANCELLED)
                 raise
+            if replay is not None:
+                replay.commit()
             self._prefetched = first
             record_success(self._channel.throttle)
             self._watch_attempt(loop, sc, started, attempt)
