@@ -10,6 +10,7 @@ import asyncio
 import sys
 import time
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import grpc
 import grpc.aio
@@ -17,8 +18,10 @@ import grpc.aio
 from grpc_balancer import aio
 from grpc_balancer.channel import BalancedChannel
 from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
-from grpc_balancer.live import CallStats, LiveView
 from grpc_balancer.status import format_status
+
+if TYPE_CHECKING:
+    from grpc_balancer.live import CallStats
 
 
 def add_observe_args(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +67,8 @@ async def run_observed(
     service_config: str | None = None,
 ) -> tuple[Counter[str], int]:
     """Run ``args.count`` SayHello calls with the chosen concurrency and rate; count per backend."""
+    from grpc_balancer.live import CallStats, LiveView  # rich is slow to import: only here
+
     server = None
     if args.metrics_port is not None:
         from grpc_balancer import metrics

@@ -177,7 +177,9 @@ class _TargetSeries:
 class _State:
     """Module-wide state: the series of every instrumented target."""
 
-    def __init__(self) -> None:
+    def __init__(self, attr: str = _ATTR) -> None:
+        #: The ``subchannel.attrs`` key of this state's series (one per sink).
+        self.attr = attr
         self.lock = threading.Lock()
         self.targets: dict[str, _TargetSeries] = {}
         self.registries: list[CollectorRegistry] = []
@@ -188,14 +190,16 @@ class _State:
 class _ChannelMetrics:
     """The :class:`~grpc_balancer.instrument.ChannelInstrument` of one channel."""
 
-    def __init__(self, channel: Any) -> None:
+    def __init__(self, channel: Any, state: _State | None = None) -> None:
+        self._st = _state if state is None else state
+        self._attr = self._st.attr
         self._target_name: str = channel.target
         self._subchannels: set[Subchannel] = set()
         self._ejected: dict[Subchannel, bool] = {}
-        with _state.lock:
-            series = _state.targets.get(self._target_name)
+        with self._st.lock:
+            series = self._st.targets.get(self._target_name)
             if series is None:
-                series = _state.targets[self._target_name] = _TargetSeries(self._target_name)
+                series = self._st.targets[self._target_name] = _TargetSeries(self._target_name)
             series.channels += 1
         self._target = series
         self._closed = False
@@ -213,7 +217,7 @@ class _ChannelMetrics:
     def call_finished(self, call: Any, code: grpc.StatusCode) -> None:
         duration = time.perf_counter() - call._metrics_t0
         sc = call._subchannel
-        series = self._target.unpicked if sc is None else sc.attrs.get(_ATTR)
+        series = self._target.unpicked if sc is None else sc.attrs.get(self._attr)
         if series is None:
             series = self._target.unpicked
         series.on_call(call._mc._method, code, duration)
@@ -222,7 +226,7 @@ class _ChannelMetrics:
     def subchannel_added(self, subchannel: Subchannel) -> None:
         if self._closed:
             return
-        with _state.lock:
+        with self._st.lock:
             target = self._target
             series = target.backends.get(subchannel.address)
             if series is None:
@@ -231,16 +235,16 @@ class _ChannelMetrics:
                 )
             series.live.add(subchannel)
         self._subchannels.add(subchannel)
-        subchannel.attrs[_ATTR] = series
+        subchannel.attrs[self._attr] = series
         subchannel.call_observers.append(series.on_attempt)
 
     def subchannel_removed(self, subchannel: Subchannel) -> None:
-        series: BackendSeries | None = subchannel.attrs.get(_ATTR)
+        series: BackendSeries | None = subchannel.attrs.get(self._attr)
         self._subchannels.discard(subchannel)
         self._ejected.pop(subchannel, None)
         if series is None:
             return
-        with _state.lock:
+        with self._st.lock:
             series.live.discard(subchannel)
             if subchannel.in_flight:
                 series.draining.add(subchannel)  # its attempts still finish here
@@ -250,7 +254,7 @@ class _ChannelMetrics:
         was = self._ejected.get(subchannel, False)
         if subchannel.ejected != was:
             self._ejected[subchannel] = subchannel.ejected
-            series = subchannel.attrs.get(_ATTR)
+            series = subchannel.attrs.get(self._attr)
             if subchannel.ejected and series is not None:
                 series.ejections += 1
 
@@ -263,7 +267,7 @@ class _ChannelMetrics:
     def event(
         self, event: str, subchannel: Subchannel | None, code: grpc.StatusCode | None
     ) -> None:
-        series = None if subchannel is None else subchannel.attrs.get(_ATTR)
+        series = None if subchannel is None else subchannel.attrs.get(self._attr)
         if event == "throttled":
             self._target.throttled += 1
         elif series is None:
@@ -279,17 +283,17 @@ class _ChannelMetrics:
         if self._closed:
             return
         self._closed = True
-        with _state.lock:
+        with self._st.lock:
             target = self._target
             for sc in self._subchannels:
-                series = sc.attrs.get(_ATTR)
+                series = sc.attrs.get(self._attr)
                 if series is not None:
                     series.live.discard(sc)
                     series.draining.discard(sc)
                     _drop_if_unused(target, series)
             target.channels -= 1
-            if target.channels <= 0 and _state.targets.get(target.target) is target:
-                del _state.targets[target.target]
+            if target.channels <= 0 and self._st.targets.get(target.target) is target:
+                del self._st.targets[target.target]
         self._subchannels.clear()
 
 

@@ -254,10 +254,14 @@ class ServerProcesses:
         self.servers = [ServerProcess(args=args) for _ in range(n)]
 
     def __enter__(self) -> ServerProcesses:
-        for server in self.servers:
-            server.start(wait=False)
-        for server in self.servers:
-            server.wait_serving()
+        try:
+            for server in self.servers:
+                server.start(wait=False)
+            for server in self.servers:
+                server.wait_serving()
+        except BaseException:
+            self.__exit__()  # a server that never came up must not leak the others
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
