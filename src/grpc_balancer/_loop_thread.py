@@ -17,11 +17,24 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+class _Loop(asyncio.SelectorEventLoop):
+    """grpc.aio's process-wide poller may deliver a completion for one of this loop's
+    (finished, abandoned) operations after the loop closed, via
+    ``call_soon_threadsafe``; drop it instead of logging "Event loop is closed"."""
+
+    def call_soon_threadsafe(  # type: ignore[override]
+        self, callback: Any, *args: Any, context: Any = None
+    ) -> Any:
+        if self.is_closed():
+            return None
+        return super().call_soon_threadsafe(callback, *args, context=context)
+
+
 class LoopThread:
     """Start with the constructor; :meth:`stop` cancels what is left and joins."""
 
     def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop: asyncio.AbstractEventLoop = _Loop()
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._main, name=name, daemon=True)
         self.thread.start()
@@ -41,6 +54,7 @@ class LoopThread:
             self.loop.run_forever()
             self._cancel_leftovers()
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.run_until_complete(self.loop.shutdown_default_executor())
         finally:
             self.loop.close()
 

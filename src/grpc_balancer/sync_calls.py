@@ -2,31 +2,45 @@
 
 A call runs in the caller's thread: pick on the current picker, send on that
 endpoint's sync grpcio channel, count it on the subchannel, and re-send elsewhere when
-the attempt never reached a server (the same rule as the async calls). Streaming calls
-pick once and return grpcio's own call object, so iteration, ``cancel()`` and
-metadata behave exactly as with a plain grpcio channel.
+the attempt never reached a server. ``methodConfig`` (timeout, waitForReady,
+retryPolicy, hedgingPolicy), ``retryThrottling`` and ``circuitBreakers`` apply as in
+the async calls: the decisions come from the same I/O-free core (:mod:`grpc_balancer.retry`).
+Streaming calls pick once and return grpcio's own call object, so iteration,
+``cancel()`` and metadata behave exactly as with a plain grpcio channel.
 """
 
 from __future__ import annotations
 
-import threading
+import queue
 import time
-from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import grpc.aio
 
-from grpc_balancer.calls import MAX_TRANSPARENT_RETRIES, never_reached_server, rpc_error
+from grpc_balancer.calls import (
+    MAX_TRANSPARENT_RETRIES,
+    _error_with_attempts,
+    _pushback_ms,
+    _with_previous_attempts,
+    never_reached_server,
+    rpc_error,
+)
+from grpc_balancer.capture import CURRENT as _CAPTURE
 from grpc_balancer.picker import PickInfo
+from grpc_balancer.retry import (
+    HedgingPolicy,
+    RetryPolicy,
+    hedge_failure_is_fatal,
+    may_send_hedge,
+    record_success,
+    retry_delay_s,
+)
+from grpc_balancer.sync_future import BalancedFuture, FailedCall
 
 if TYPE_CHECKING:
     from grpc_balancer.sync_channel import SyncBalancedChannel
     from grpc_balancer.sync_subchannel import SyncSubchannel
-
-if TYPE_CHECKING:  # grpc-stubs makes these generic; grpcio's runtime classes are not
-
-    class _CallFuture(grpc.CallFuture[Any]): ...
 
     class _UnaryUnaryBase(grpc.UnaryUnaryMultiCallable[Any, Any]): ...
 
@@ -36,10 +50,7 @@ if TYPE_CHECKING:  # grpc-stubs makes these generic; grpcio's runtime classes ar
 
     class _StreamStreamBase(grpc.StreamStreamMultiCallable[Any, Any]): ...
 
-else:
-
-    class _CallFuture(grpc.Call, grpc.Future): ...
-
+else:  # grpc-stubs makes these generic; grpcio's runtime classes are not
     _UnaryUnaryBase = grpc.UnaryUnaryMultiCallable
     _UnaryStreamBase = grpc.UnaryStreamMultiCallable
     _StreamUnaryBase = grpc.StreamUnaryMultiCallable
@@ -48,18 +59,42 @@ else:
 _OK = grpc.StatusCode.OK
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 _CANCELLED = grpc.StatusCode.CANCELLED
+_DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-class _Retry(Exception):
-    """Internal: the attempt never left; pick again (after excluding the subchannel)."""
-
-
-def _code(err: grpc.RpcError) -> grpc.StatusCode:
+def _code(err: Any) -> grpc.StatusCode:
     return cast(grpc.Call, err).code()
 
 
-def _not_sent(err: grpc.RpcError) -> bool:
+def _not_sent(err: Any) -> bool:
     return never_reached_server(cast(grpc.aio.AioRpcError, err))
+
+
+def with_attempts(err: Any, previous: int) -> Any:
+    """``err`` with ``grpc-previous-rpc-attempts`` in its trailers (as the async calls)."""
+    return _error_with_attempts(cast(grpc.aio.AioRpcError, err), previous) if previous else err
+
+
+def metadata_for(metadata: Any, previous: int) -> Any:
+    """The call's metadata for an attempt after ``previous`` others."""
+    return metadata if not previous else tuple(_with_previous_attempts(metadata, previous))
+
+
+class CallRecord:
+    """What metrics sinks and :func:`grpc_balancer.capture_backend` see of a sync call
+    (the async calls hand them the call object itself)."""
+
+    def __init__(self, mc: _SyncMultiCallable) -> None:
+        self._mc = mc
+        self._subchannel: SyncSubchannel | None = None
+
+    @property
+    def subchannel(self) -> SyncSubchannel | None:
+        return self._subchannel
+
+    @property
+    def peer_address(self) -> str | None:
+        return None if self._subchannel is None else self._subchannel.address
 
 
 class _SyncMultiCallable:
@@ -77,15 +112,61 @@ class _SyncMultiCallable:
         self._ser = request_serializer
         self._deser = response_deserializer
         self._key = (self._kind, method, request_serializer, response_deserializer)
+        # methodConfig, looked up once here so calls without a policy pay nothing.
+        policy = channel.core.method_policy(method)
+        self._timeout = None if policy is None else policy.timeout_s
+        self._wait_for_ready = None if policy is None else policy.wait_for_ready
+        self._retry: RetryPolicy | None = None if policy is None else policy.retry
+        self._hedging: HedgingPolicy | None = None if policy is None else policy.hedging
 
-    def _inner(self, sc: SyncSubchannel) -> Any:
+    # -- per-call setup -------------------------------------------------------------------
+    def deadline_of(self, timeout: float | None) -> float | None:
+        if self._timeout is not None and (timeout is None or self._timeout < timeout):
+            timeout = self._timeout  # methodConfig timeout: the smaller one wins
+        return None if timeout is None else time.monotonic() + timeout
+
+    def wait_for_ready_of(self, wait_for_ready: bool | None) -> bool:
+        return bool(self._wait_for_ready if wait_for_ready is None else wait_for_ready)
+
+    def record(self) -> CallRecord | None:
+        """A record for metrics / capture_backend, when either is on (else None)."""
+        capture = _CAPTURE.get()
+        instrument = self._channel.core.instrument
+        if capture is None and instrument is None:
+            return None
+        record = CallRecord(self)
+        if capture is not None:
+            capture.add(record)
+        if instrument is not None:
+            self._channel.on_loop(instrument.call_started, record)
+        return record
+
+    def finish_record(self, record: CallRecord | None, code: grpc.StatusCode) -> None:
+        if record is not None:
+            instrument = self._channel.core.instrument
+            if instrument is not None:
+                self._channel.on_loop(instrument.call_finished, record, code)
+
+    # -- attempts -----------------------------------------------------------------------------
+    def inner(self, sc: SyncSubchannel) -> Any:
         """This method on ``sc``'s sync channel, or ``None`` if ``sc`` is closing."""
         mc = sc.sync_callables.get(self._key)
         if mc is None:
             mc = sc.new_sync_callable(self._key, self._kind, self._method, self._ser, self._deser)
         return mc
 
-    def _start(
+    def pick_limited(
+        self, info: PickInfo, deadline: float | None, wait_for_ready: bool
+    ) -> SyncSubchannel:
+        """A pick, then ``circuitBreakers.maxRequests``: skip a saturated backend."""
+        channel = self._channel
+        sc = channel.pick(info, deadline, wait_for_ready)
+        limit = channel.core.max_requests
+        if limit and sc.in_flight >= limit:
+            sc = cast("SyncSubchannel", channel.core.pick_unsaturated(info, sc))
+        return sc
+
+    def start(
         self, info: PickInfo, deadline: float | None, wait_for_ready: bool
     ) -> tuple[SyncSubchannel, Any, float, float | None]:
         """Pick and count one attempt: (subchannel, inner multicallable, start time,
@@ -93,8 +174,8 @@ class _SyncMultiCallable:
         channel = self._channel
         for _ in range(MAX_TRANSPARENT_RETRIES + 1):
             picker = channel.picker
-            sc = channel.pick(info, deadline, wait_for_ready)
-            inner = self._inner(sc)
+            sc = self.pick_limited(info, deadline, wait_for_ready)
+            inner = self.inner(sc)
             started = sc.try_call_started() if inner is not None else None
             if started is not None:
                 if deadline is None:
@@ -102,25 +183,62 @@ class _SyncMultiCallable:
                 remaining = deadline - time.monotonic()
                 if remaining > 0:
                     return sc, inner, started, remaining
-                sc.call_finished(started, grpc.StatusCode.DEADLINE_EXCEEDED)
-                raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+                sc.call_finished(started, _DEADLINE)
+                raise rpc_error(_DEADLINE, "Deadline Exceeded")
             info.exclude = info.exclude | {sc}
             channel.wait_for_picker_change(picker, deadline, 1.0)
         channel.check_usable()
         raise rpc_error(_UNAVAILABLE, f"no backend of {channel.target!r} accepted the call")
 
-    def _closed_under_us(self, sc: SyncSubchannel, started: float) -> None:
+    def closed_under_us(self, sc: SyncSubchannel, started: float) -> None:
         """grpcio raised ValueError: the endpoint channel was closed between pick and send."""
         sc.call_finished(started, _CANCELLED)
         if self._channel._unusable is not None:
             raise rpc_error(_CANCELLED, "channel closed while the call was starting") from None
 
+    def retry_delay(
+        self, retry: RetryPolicy, sc: SyncSubchannel, err: Any, attempts: int, info: PickInfo
+    ) -> float | None:
+        """After ``attempts`` attempts, the last one failed with ``err`` on ``sc``: the
+        delay before the next (on another backend), or None to give up."""
+        core = self._channel.core
+        code = _code(err)
+        throttle = core.throttle
+        with self._channel.throttle_lock:
+            delay = retry_delay_s(
+                retry, code, attempts, throttle, _pushback_ms(cast(grpc.aio.AioRpcError, err))
+            )
+        if delay is None:
+            refused = throttle is not None and attempts < retry.max_attempts
+            if refused and code in retry.retryable_codes:
+                core.emit("throttled", sc, code)
+            return None
+        core.emit("retry", sc, code)
+        info.exclude = info.exclude | {sc}
+        return delay
+
+    def succeeded(self) -> None:
+        with self._channel.throttle_lock:
+            record_success(self._channel.core.throttle)
+
+
+def _no_time_left(err: Any, attempts: int) -> Any:
+    return with_attempts(
+        rpc_error(
+            _DEADLINE,
+            "Deadline Exceeded (no time left for another attempt; the last one "
+            f"failed with {_code(err).name}: {cast(grpc.Call, err).details()})",
+        ),
+        attempts,
+    )
+
 
 # ---------------------------------------------------------------------------------------------
-# unary request: unary → unary and stream → unary share the blocking / future paths
+# unary response: unary → unary and stream → unary share the blocking / future paths
 # ---------------------------------------------------------------------------------------------
 class _UnaryResponse(_SyncMultiCallable):
-    _retry_transparently = True
+    #: A request iterator can be read only once: stream → unary is never re-sent.
+    resendable = True
 
     def __call__(
         self,
@@ -158,7 +276,7 @@ class _UnaryResponse(_SyncMultiCallable):
         compression: grpc.Compression | None = None,
     ) -> BalancedFuture:
         return BalancedFuture(
-            self, request, timeout, metadata, credentials, bool(wait_for_ready), compression
+            self, request, timeout, metadata, credentials, wait_for_ready, compression
         )
 
     def _blocking(
@@ -174,44 +292,181 @@ class _UnaryResponse(_SyncMultiCallable):
         channel = self._channel
         if channel._unusable is not None:
             channel.check_usable()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        record = self.record()
+        try:
+            result = self._attempts(
+                request,
+                self.deadline_of(timeout),
+                metadata,
+                credentials,
+                self.wait_for_ready_of(wait_for_ready),
+                compression,
+                with_call,
+                record,
+            )
+        except grpc.RpcError as err:
+            self.finish_record(record, _code(err))
+            raise
+        self.finish_record(record, _OK)
+        return result
+
+    def _attempts(
+        self,
+        request: Any,
+        deadline: float | None,
+        metadata: Any,
+        credentials: grpc.CallCredentials | None,
+        wfr: bool,
+        compression: grpc.Compression | None,
+        with_call: bool,
+        record: CallRecord | None,
+    ) -> Any:
+        if self._hedging is not None and self.resendable:
+            return self._hedged(
+                request, deadline, metadata, credentials, wfr, compression, with_call, record
+            )
+        channel = self._channel
         info = PickInfo(self._method, metadata)
-        wfr = bool(wait_for_ready)
+        retry = self._retry if self.resendable else None
         transparent = 0
+        attempts = 0  # attempts that reached a server (retryPolicy.maxAttempts counts these)
         while True:
             picker = channel.picker
-            sc, inner, started, remaining = self._start(info, deadline, wfr)
+            sc, inner, started, remaining = self.start(info, deadline, wfr)
+            if record is not None:
+                record._subchannel = sc
+            md = metadata_for(metadata, attempts)
             try:
                 if with_call:
                     result = inner.with_call(
-                        request, remaining, metadata, credentials, False, compression
+                        request, remaining, md, credentials, False, compression
                     )
                 else:
-                    result = inner(request, remaining, metadata, credentials, False, compression)
+                    result = inner(request, remaining, md, credentials, False, compression)
             except grpc.RpcError as err:
                 code = _code(err)
                 sc.call_finished(started, code)
                 if code is _UNAVAILABLE:
                     sc.record_failure_detail(cast(grpc.Call, err).details() or "")
-                    if (
-                        self._retry_transparently
-                        and transparent < MAX_TRANSPARENT_RETRIES
-                        and _not_sent(err)
-                    ):
+                    if self.resendable and transparent < MAX_TRANSPARENT_RETRIES and _not_sent(err):
                         transparent += 1
                         info.exclude = info.exclude | {sc}
+                        channel.core.emit("transparent_retry", sc, code)
                         channel.wait_for_picker_change(picker, deadline, 1.0)
                         continue
-                raise
+                if retry is None:
+                    raise
+                attempts += 1
+                delay = self.retry_delay(retry, sc, err, attempts, info)
+                if delay is None:
+                    raise with_attempts(err, attempts - 1) from None
+                if deadline is not None and time.monotonic() + delay >= deadline:
+                    raise _no_time_left(err, attempts) from None
+                time.sleep(delay)
+                continue
             except ValueError:
-                self._closed_under_us(sc, started)
+                self.closed_under_us(sc, started)
                 transparent += 1
                 if transparent > MAX_TRANSPARENT_RETRIES:
                     raise
                 info.exclude = info.exclude | {sc}
                 continue
             sc.call_finished(started, _OK)
+            if retry is not None:
+                self.succeeded()
             return result
+
+    def _hedged(
+        self,
+        request: Any,
+        deadline: float | None,
+        metadata: Any,
+        credentials: grpc.CallCredentials | None,
+        wfr: bool,
+        compression: grpc.Compression | None,
+        with_call: bool,
+        record: CallRecord | None,
+    ) -> Any:
+        """Hedging: a new attempt on another backend every ``hedgingDelay`` (or at once
+        after a non-fatal failure) until one succeeds; the others are then cancelled."""
+        policy = self._hedging
+        assert policy is not None
+        core = self._channel.core
+        throttle = core.throttle
+        info = PickInfo(self._method, metadata)
+        finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        running: dict[Any, SyncSubchannel] = {}
+        sent = 0
+        next_at = time.monotonic()
+        last_err: Any = None
+        try:
+            while True:
+                if sent < policy.max_attempts and time.monotonic() >= next_at:
+                    with self._channel.throttle_lock:
+                        allowed = may_send_hedge(policy, sent, throttle)
+                    if allowed:
+                        sc, inner, started, remaining = self.start(info, deadline, wfr)
+                        if sent:
+                            core.emit("hedge", sc, None)
+                        attempt = inner.future(
+                            request,
+                            remaining,
+                            metadata_for(metadata, sent),
+                            credentials,
+                            False,
+                            compression,
+                        )
+                        running[attempt] = sc
+                        if record is not None and record._subchannel is None:
+                            record._subchannel = sc
+                        attempt.add_done_callback(_accounted(sc, started, finished.put))
+                        info.exclude = info.exclude | {sc}
+                        sent += 1
+                        next_at = time.monotonic() + policy.delay_s
+                    else:
+                        core.emit("throttled", None, None)
+                        sent = policy.max_attempts  # throttled: no more hedges for this call
+                if not running:
+                    raise with_attempts(last_err, sent - 1)
+                wait = None if sent >= policy.max_attempts else max(next_at - time.monotonic(), 0)
+                if deadline is not None:
+                    left = max(deadline - time.monotonic(), 0.0) + 0.05
+                    wait = left if wait is None else min(wait, left)
+                try:
+                    attempt = finished.get(timeout=wait)
+                except queue.Empty:
+                    continue
+                sc = running.pop(attempt)
+                code = attempt.code()
+                if code is _OK:
+                    if record is not None:
+                        record._subchannel = sc
+                    with self._channel.throttle_lock:
+                        record_success(throttle)
+                    response = attempt.result()
+                    return (response, attempt) if with_call else response
+                last_err = attempt
+                with self._channel.throttle_lock:
+                    fatal = hedge_failure_is_fatal(policy, code, throttle)
+                if fatal:
+                    raise with_attempts(attempt, sent - 1)
+                next_at = time.monotonic()  # a non-fatal failure: send the next one now
+        finally:
+            for attempt in running:
+                attempt.cancel()
+
+
+def _accounted(sc: SyncSubchannel, started: float, then: Any) -> Any:
+    """A done-callback for an attempt future: count it on ``sc``, then ``then(attempt)``."""
+
+    def done(attempt: Any) -> None:
+        code = attempt.code()
+        sc.call_finished(started, code)
+        if code is _UNAVAILABLE:
+            sc.record_failure_detail(attempt.details() or "")
+        then(attempt)
+
+    return done
 
 
 class SyncUnaryUnaryMultiCallable(_UnaryResponse, _UnaryUnaryBase):
@@ -219,10 +474,8 @@ class SyncUnaryUnaryMultiCallable(_UnaryResponse, _UnaryUnaryBase):
 
 
 class SyncStreamUnaryMultiCallable(_UnaryResponse, _StreamUnaryBase):
-    """The request iterator can be read only once, so no transparent re-send."""
-
     _kind = "stream_unary"
-    _retry_transparently = False
+    resendable = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,29 +491,34 @@ class _StreamResponse(_SyncMultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        channel = self._channel
-        channel.check_usable()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        self._channel.check_usable()
+        record = self.record()
         info = PickInfo(self._method, metadata)
         try:
-            sc, inner, started, remaining = self._start(info, deadline, bool(wait_for_ready))
+            sc, inner, started, remaining = self.start(
+                info, self.deadline_of(timeout), self.wait_for_ready_of(wait_for_ready)
+            )
         except grpc.RpcError as err:
+            self.finish_record(record, _code(err))
             return FailedCall(err)  # raised when read, as grpcio does
+        if record is not None:
+            record._subchannel = sc
         try:
             call = inner(request, remaining, metadata, credentials, False, compression)
         except ValueError:
-            self._closed_under_us(sc, started)
+            self.closed_under_us(sc, started)
             raise
-        if not call.add_callback(lambda: _stream_done(sc, started, call)):
-            _stream_done(sc, started, call)
+
+        def done(attempt: Any) -> None:
+            code = attempt.code()
+            sc.call_finished(started, code)
+            if code is _UNAVAILABLE:
+                sc.record_failure_detail(attempt.details() or "")
+            self.finish_record(record, code)
+
+        if not call.add_callback(lambda: done(call)):
+            done(call)
         return call
-
-
-def _stream_done(sc: SyncSubchannel, started: float, call: Any) -> None:
-    code = call.code()
-    sc.call_finished(started, code)
-    if code is _UNAVAILABLE:
-        sc.record_failure_detail(call.details() or "")
 
 
 class SyncUnaryStreamMultiCallable(_StreamResponse, _UnaryStreamBase):
@@ -269,302 +527,3 @@ class SyncUnaryStreamMultiCallable(_StreamResponse, _UnaryStreamBase):
 
 class SyncStreamStreamMultiCallable(_StreamResponse, _StreamStreamBase):
     _kind = "stream_stream"
-
-
-class FailedCall(grpc.RpcError, _CallFuture):
-    """A streaming call that could not start (no backend, deadline, closed channel):
-    iterating raises the error, like grpcio's own call object."""
-
-    def __init__(self, err: grpc.RpcError) -> None:
-        super().__init__()
-        self._err = cast(grpc.Call, err)
-
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def __next__(self) -> Any:
-        raise cast(Exception, self._err)
-
-    def code(self) -> grpc.StatusCode:
-        return self._err.code()
-
-    def details(self) -> str:
-        return self._err.details() or ""
-
-    def initial_metadata(self) -> Any:
-        return ()
-
-    def trailing_metadata(self) -> Any:
-        return ()
-
-    def is_active(self) -> bool:
-        return False
-
-    def time_remaining(self) -> float | None:  # type: ignore[override]
-        return None
-
-    def cancel(self) -> bool:
-        return False
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        return False
-
-    def cancelled(self) -> bool:
-        return False
-
-    def running(self) -> bool:
-        return False
-
-    def done(self) -> bool:
-        return True
-
-    def result(self, timeout: float | None = None) -> Any:
-        raise cast(Exception, self._err)
-
-    def exception(self, timeout: float | None = None) -> Any:
-        return self._err
-
-    def traceback(self, timeout: float | None = None) -> Any:
-        return None
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        fn(self)
-
-    def __str__(self) -> str:
-        return f"<FailedCall {self.code()}: {self.details()}>"
-
-
-# ---------------------------------------------------------------------------------------------
-# .future(): non-blocking; waits for a backend on the loop, re-sends never-sent attempts
-# ---------------------------------------------------------------------------------------------
-class BalancedFuture(_CallFuture):
-    """What ``.future()`` returns: a ``grpc.Future`` and ``grpc.Call``, like grpcio's."""
-
-    def __init__(
-        self,
-        mc: _UnaryResponse,
-        request: Any,
-        timeout: float | None,
-        metadata: Any,
-        credentials: grpc.CallCredentials | None,
-        wait_for_ready: bool,
-        compression: grpc.Compression | None,
-    ) -> None:
-        mc._channel.check_usable()
-        self._mc = mc
-        self._channel = mc._channel
-        self._request = request
-        self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._metadata = metadata
-        self._credentials = credentials
-        self._wait_for_ready = wait_for_ready
-        self._compression = compression
-        self._info = PickInfo(mc._method, metadata)
-        self._cond = threading.Condition()
-        self._attempt: Any = None
-        self._response: Any = None
-        self._error: Any = None
-        self._done = False
-        self._cancelled = False
-        self._transparent = 0
-        self._callbacks: list[Callable[[BalancedFuture], None]] = []
-        self._no_arg_callbacks: list[Callable[[], None]] = []
-        self._begin()
-
-    # -- the attempt loop ------------------------------------------------------------------
-    def _begin(self) -> None:
-        try:
-            sc = self._channel.core.pick_now(self._info, self._wait_for_ready)
-        except grpc.RpcError as err:
-            self._finish(None, err)
-            return
-        if sc is None:
-            self._pick_on_loop(None)
-        else:
-            self._send(cast("SyncSubchannel", sc))
-
-    def _pick_on_loop(self, after: Any) -> None:
-        core = self._channel.core
-
-        async def pick() -> Any:
-            if after is not None:
-                await core.wait_for_picker_change(after, self._deadline, 1.0)
-            return await core.pick(self._info, self._deadline, self._wait_for_ready)
-
-        try:
-            future = self._channel._thread.submit(pick())
-        except RuntimeError:
-            self._finish(None, rpc_error(_CANCELLED, "channel closed"))
-            return
-        future.add_done_callback(self._picked)
-
-    def _picked(self, future: Any) -> None:
-        try:
-            sc = future.result()
-        except grpc.RpcError as err:
-            self._finish(None, err)
-            return
-        except BaseException as exc:
-            self._finish(None, rpc_error(_CANCELLED, f"channel closed ({exc!r})"))
-            return
-        self._send(sc)
-
-    def _send(self, sc: SyncSubchannel) -> None:
-        picker = self._channel.picker
-        inner = self._mc._inner(sc)
-        started = sc.try_call_started() if inner is not None else None
-        if started is None:
-            self._again(sc, picker)
-            return
-        remaining = None if self._deadline is None else self._deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            sc.call_finished(started, grpc.StatusCode.DEADLINE_EXCEEDED)
-            self._finish(None, rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
-            return
-        try:
-            attempt = inner.future(
-                self._request,
-                remaining,
-                self._metadata,
-                self._credentials,
-                False,
-                self._compression,
-            )
-        except ValueError:
-            sc.call_finished(started, _CANCELLED)
-            self._again(sc, picker)
-            return
-        with self._cond:
-            self._attempt = attempt
-            cancelled = self._cancelled
-        if cancelled:
-            attempt.cancel()
-        attempt.add_done_callback(lambda a: self._attempt_done(sc, started, picker, a))
-
-    def _attempt_done(self, sc: SyncSubchannel, started: float, picker: Any, attempt: Any) -> None:
-        code = attempt.code()
-        sc.call_finished(started, code)
-        if code is _OK:
-            self._finish(attempt.result(), None)
-            return
-        if code is _UNAVAILABLE:
-            sc.record_failure_detail(attempt.details() or "")
-            if self._mc._retry_transparently and not self._cancelled and _not_sent(attempt):
-                self._again(sc, picker)
-                return
-        self._finish(None, attempt)
-
-    def _again(self, sc: SyncSubchannel, picker: Any) -> None:
-        self._transparent += 1
-        if self._transparent > MAX_TRANSPARENT_RETRIES or self._channel._unusable is not None:
-            self._finish(None, rpc_error(_UNAVAILABLE, f"call could not be sent to {sc.address}"))
-            return
-        self._info.exclude = self._info.exclude | {sc}
-        self._pick_on_loop(picker)
-
-    def _finish(self, response: Any, error: Any) -> None:
-        with self._cond:
-            if self._done:
-                return
-            self._response = response
-            self._error = error
-            self._done = True
-            self._cond.notify_all()
-            callbacks, self._callbacks = self._callbacks, []
-            no_arg, self._no_arg_callbacks = self._no_arg_callbacks, []
-        for callback in callbacks:
-            callback(self)
-        for plain in no_arg:
-            plain()
-
-    def _wait(self, timeout: float | None) -> None:
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._done, timeout):
-                raise grpc.FutureTimeoutError()
-
-    # -- grpc.Future ------------------------------------------------------------------------
-    def cancel(self) -> bool:
-        with self._cond:
-            if self._done:
-                return False
-            self._cancelled = True
-            attempt = self._attempt
-        if attempt is not None:
-            attempt.cancel()
-        else:
-            self._finish(None, rpc_error(_CANCELLED, "Locally cancelled by application!"))
-        return True
-
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    def running(self) -> bool:
-        return not self._done
-
-    def done(self) -> bool:
-        return self._done
-
-    def result(self, timeout: float | None = None) -> Any:
-        self._wait(timeout)
-        if self._error is not None:
-            if self._cancelled:
-                raise grpc.FutureCancelledError()
-            raise self._error
-        return self._response
-
-    def exception(self, timeout: float | None = None) -> Any:
-        self._wait(timeout)
-        if self._cancelled:
-            raise grpc.FutureCancelledError()
-        return self._error
-
-    def traceback(self, timeout: float | None = None) -> Any:
-        error = self.exception(timeout)
-        return None if error is None else error.__traceback__
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        with self._cond:
-            if not self._done:
-                self._callbacks.append(fn)
-                return
-        fn(self)
-
-    # -- grpc.Call / RpcContext ------------------------------------------------------------------
-    def is_active(self) -> bool:
-        return not self._done
-
-    def time_remaining(self) -> float | None:  # type: ignore[override]
-        if self._deadline is None:
-            return None
-        return max(self._deadline - time.monotonic(), 0.0)
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        with self._cond:
-            if self._done:
-                return False
-            self._no_arg_callbacks.append(callback)
-            return True
-
-    def _settled_call(self) -> Any:
-        self._wait(None)
-        return self._error if self._error is not None else self._attempt
-
-    def initial_metadata(self) -> Any:
-        call = self._settled_call()
-        return call.initial_metadata() if call is not None else ()
-
-    def trailing_metadata(self) -> Any:
-        call = self._settled_call()
-        return call.trailing_metadata() if call is not None else ()
-
-    def code(self) -> grpc.StatusCode:
-        call = self._settled_call()
-        return _OK if call is None else call.code()
-
-    def details(self) -> str:
-        call = self._settled_call()
-        return "" if call is None else (call.details() or "")
-
-    def __repr__(self) -> str:
-        state = "done" if self._done else "running"
-        return f"<BalancedFuture {self._mc._method} {state}>"

@@ -85,6 +85,14 @@ class _LoopCore(BalancedChannel):
             return grpc.insecure_channel(address, options=self._options)
         return grpc.secure_channel(address, self._sync_credentials, options=self._options)
 
+    def emit(self, event: str, subchannel: Subchannel | None, code: grpc.StatusCode | None) -> None:
+        # Observers (metrics, logs) run on the loop, whichever thread saw the event.
+        if self.observers:
+            if self._loop_thread.in_loop_thread():
+                super().emit(event, subchannel, code)
+            else:
+                self._loop_thread.call_soon(super().emit, event, subchannel, code)
+
     def _publish(self, state: Connectivity, picker: Picker) -> None:
         changed = state is not self._state
         super()._publish(state, picker)
@@ -108,6 +116,8 @@ class SyncBalancedChannel(grpc.Channel):
         #: Set when the channel must not be used any more (closed, or in a forked child).
         self._unusable: tuple[type[ChannelClosedError], str] | None = None
         self._lock = threading.Lock()
+        #: Guards retryThrottling's token bucket, which caller threads update.
+        self.throttle_lock = threading.Lock()
         self._subscribers: list[StateCallback] = []
         self._pid = os.getpid()
         self._thread = LoopThread(name=f"grpc_balancer.sync[{target}]")
@@ -291,6 +301,10 @@ class SyncBalancedChannel(grpc.Channel):
         """After a failed attempt: give the loop a moment to publish a better picker."""
         if self._core.picker is picker and self._unusable is None:
             self._wait(self._core.wait_for_picker_change(picker, deadline, at_most), None)
+
+    def on_loop(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run ``callback(*args)`` on the loop thread (metrics hooks, executor jobs)."""
+        self._thread.call_soon(callback, *args)
 
     def _wait(self, coro: Any, timeout: float | None) -> Any:
         """Run ``coro`` on the loop; block this thread until it finishes (or the channel
