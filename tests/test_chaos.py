@@ -30,7 +30,8 @@ async def test_sigkill_midway_loses_no_call_and_the_restarted_backend_rejoins() 
             before = load.by_port[victim.port]
             await load.reached(2000)
             await eventually(lambda: not sc_for(ch, victim.address).usable)
-            victim.start()  # same port
+            victim.start(wait=False)  # same port
+            await victim.await_serving()
             await load.finish()
             assert not load.errors, f"{len(load.errors)} failed: {load.describe_errors()}"
             assert before > 0

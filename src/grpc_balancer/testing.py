@@ -201,7 +201,7 @@ class ServerProcess:
             self.wait_serving()
         return self
 
-    def wait_serving(self, timeout: float = 15.0) -> None:
+    def wait_serving(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         with grpc.insecure_channel(self.address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -220,7 +220,7 @@ class ServerProcess:
                     raise TimeoutError(f"server on {self.address} not serving after {timeout}s")
                 time.sleep(0.05)
 
-    async def await_serving(self, timeout: float = 15.0) -> None:
+    async def await_serving(self, timeout: float = 60.0) -> None:
         await asyncio.to_thread(self.wait_serving, timeout)
 
     def kill(self) -> None:
