@@ -1,17 +1,19 @@
 """Metrics overhead (issue 6): client CPU per RPC with Prometheus metrics on vs off.
 
-Same 3 greeter server processes, round_robin, concurrency 32. Each round makes one
-channel with metrics off and one with metrics on (``grpc_balancer.metrics.enable()``
-before the channel is created), in alternating order, N calls each; the CPU this
-process spent (``time.process_time``: Python and grpcio's C threads) is divided by N.
-The figure is the ratio on/off per round (paired, so machine noise mostly cancels) and
-the ratio of the medians. Target: ≤ 1.05. A scrape of the collector runs between
-rounds so the exposition code is exercised (not timed).
+Same 3 greeter server processes, round_robin, concurrency 32. Three channels live side
+by side in one process: "off" and "control" created with metrics off, "on" after
+``grpc_balancer.metrics.enable()``. Batches of N calls go to each in turn (the order
+rotates every round); the CPU this process spent per batch (``time.process_time``: Python and
+grpcio's C threads) is divided by N. Figures: the paired on/off ratio per round (its
+median and spread: neighbouring batches see the same machine noise), the ratio of
+total CPU and of the medians; "control" / "off", two identical channels, is the noise
+floor. Target: ≤ 1.05. The collector is scraped once at the end so the exposition code
+is exercised (not timed).
 
 Also the cost of the per-call hooks alone (``call_started`` + ``on_attempt`` +
 ``call_finished``), timed in a tight loop.
 
-Run: ``python -m bench.bench_metrics [--calls 20000] [--rounds 8]``.
+Run: ``python -m bench.bench_metrics [--calls 2000] [--rounds 30]``.
 Writes bench/results/metrics.json and .png.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import statistics
 import time
@@ -40,12 +43,8 @@ RESULTS = Path(__file__).parent / "results"
 CONCURRENCY = 32
 
 
-async def _drive(channel: grpc.aio.Channel, calls: int) -> float:
+async def _batch(stub: Any, request: Any, calls: int) -> float:
     """CPU seconds this process spent making ``calls`` calls with CONCURRENCY workers."""
-    stub = greeter_pb2_grpc.GreeterStub(channel)
-    request = greeter_pb2.HelloRequest(name="bench")
-    for _ in range(200):  # warm up connections and code paths
-        await stub.SayHello(request, timeout=10)
     remaining = calls
 
     async def worker() -> None:
@@ -59,34 +58,43 @@ async def _drive(channel: grpc.aio.Channel, calls: int) -> float:
     return time.process_time() - cpu0
 
 
-async def _one_run(on: bool, target: str, calls: int, registry: CollectorRegistry) -> float:
-    if on:
-        metrics.enable(registry)
-    else:
-        metrics.disable()
-    channel = grpc_balancer.aio.insecure_channel(target, policy="round_robin")
-    assert (channel.instrument is not None) == on
-    await channel.wait_for_settled(10)
-    try:
-        return await _drive(channel, calls) / calls
-    finally:
-        if on:
-            generate_latest(registry)  # the exposition path works under load's leftovers
-        await channel.close()
-        metrics.disable()
-
-
 async def _interleaved(target: str, calls: int, rounds: int) -> dict[str, list[float]]:
+    """Two channels side by side, one made with metrics off and one with metrics on;
+    batches alternate between them (ABBA order), so slow phases of a shared, noisy
+    machine hit both alike."""
     registry = CollectorRegistry()
-    samples: dict[str, list[float]] = {"off": [], "on": []}
-    for i in range(rounds):
-        order = (False, True) if i % 2 == 0 else (True, False)
-        for on in order:
-            cpu = await _one_run(on, target, calls, registry)
-            samples["on" if on else "off"].append(cpu)
+    metrics.disable()
+    off = grpc_balancer.aio.insecure_channel(target, policy="round_robin")
+    control = grpc_balancer.aio.insecure_channel(target, policy="round_robin")
+    metrics.enable(registry)
+    on = grpc_balancer.aio.insecure_channel(target, policy="round_robin")
+    assert off.instrument is None and control.instrument is None and on.instrument is not None
+    request = greeter_pb2.HelloRequest(name="bench")
+    channels = {"off": off, "on": on, "control": control}
+    stubs = {k: greeter_pb2_grpc.GreeterStub(ch) for k, ch in channels.items()}
+    samples: dict[str, list[float]] = {k: [] for k in channels}
+    orders = list(itertools.permutations(channels))
+    try:
+        for channel in channels.values():
+            await channel.wait_for_settled(10)
+        for stub in stubs.values():  # warm up connections and code paths
+            await _batch(stub, request, 2000)
+        for i in range(rounds):
+            for kind in orders[i % len(orders)]:
+                cpu = await _batch(stubs[kind], request, calls) / calls
+                samples[kind].append(cpu)
             print(
-                f"round {i + 1}/{rounds} metrics {'on ' if on else 'off'}: {cpu * 1e6:.1f} µs/RPC"
+                f"round {i + 1}/{rounds}: off {samples['off'][-1] * 1e6:.1f} µs/RPC, "
+                f"on {samples['on'][-1] * 1e6:.1f} µs/RPC, "
+                f"control (off too) {samples['control'][-1] * 1e6:.1f} µs/RPC",
+                flush=True,
             )
+        text = generate_latest(registry).decode()  # the exposition works after the load
+        assert "grpc_client_attempt_duration_seconds_bucket" in text
+    finally:
+        for channel in channels.values():
+            await channel.close()
+        metrics.disable()
     return samples
 
 
@@ -112,20 +120,23 @@ def _hook_cost_ns(n: int = 200_000) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--calls", type=int, default=2_000, help="calls per batch")
+    parser.add_argument("--rounds", type=int, default=30, help="off/on batch pairs")
     args = parser.parse_args()
     with ServerProcesses(3) as fleet:
         samples = asyncio.run(_interleaved(fleet.target(), args.calls, args.rounds))
     hooks = _hook_cost_ns()
     ratios = [on / off for on, off in zip(samples["on"], samples["off"], strict=True)]
     off_med, on_med = statistics.median(samples["off"]), statistics.median(samples["on"])
+    quartiles = statistics.quantiles(ratios, n=4)
+    control = [c / off for c, off in zip(samples["control"], samples["off"], strict=True)]
+    control_q = statistics.quantiles(control, n=4)
     result: dict[str, Any] = {
         "scenario": {
             "servers": 3,
             "policy": "round_robin",
             "concurrency": CONCURRENCY,
-            "calls_per_run": args.calls,
+            "calls_per_batch": args.calls,
             "rounds": args.rounds,
             "command": f"python -m bench.bench_metrics --calls {args.calls} --rounds {args.rounds}",
         },
@@ -133,9 +144,15 @@ def main() -> None:
         "median_cpu_per_rpc_us": {"off": off_med * 1e6, "on": on_med * 1e6},
         "ratio_of_medians": on_med / off_med,
         "paired_ratios": ratios,
+        "control_ratios": control,
         "paired_ratio_median": statistics.median(ratios),
+        "ratio_of_totals": sum(samples["on"]) / sum(samples["off"]),
+        "paired_ratio_iqr": [quartiles[0], quartiles[2]],
         "paired_ratio_min": min(ratios),
         "paired_ratio_max": max(ratios),
+        "control_ratio_median": statistics.median(control),
+        "control_ratio_of_totals": sum(samples["control"]) / sum(samples["off"]),
+        "control_ratio_iqr": [control_q[0], control_q[2]],
         "target_ratio": 1.05,
         **hooks,
     }
@@ -153,13 +170,23 @@ def _plot(result: dict[str, Any], path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     data = result["cpu_per_rpc_us"]
-    left.boxplot([data["off"], data["on"]], tick_labels=["metrics off", "metrics on"])
-    for x, key in ((1, "off"), (2, "on")):
+    left.boxplot(
+        [data["off"], data["on"], data["control"]],
+        tick_labels=["metrics off", "metrics on", "control (off)"],
+    )
+    for x, key in ((1, "off"), (2, "on"), (3, "control")):
         left.scatter([x] * len(data[key]), data[key], alpha=0.6, s=12)
     left.set_ylabel("client CPU per RPC (µs)")
     left.set_title("CPU per RPC, interleaved runs")
     ratios = result["paired_ratios"]
-    right.plot(range(1, len(ratios) + 1), ratios, "o-")
+    right.plot(range(1, len(ratios) + 1), ratios, "o-", label="on / off")
+    right.plot(
+        range(1, len(ratios) + 1),
+        result["control_ratios"],
+        "x:",
+        alpha=0.6,
+        label="control / off (noise)",
+    )
     right.axhline(1.05, color="red", linestyle="--", label="target 1.05")
     right.axhline(1.0, color="grey", linewidth=0.8)
     right.set_xlabel("round")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -74,3 +75,47 @@ async def test_unknown_subchannel_lookup_names_what_exists() -> None:
         ch.get_state(try_to_connect=True)
         with pytest.raises(KeyError, match="have:"):
             ch.status().subchannel("10.0.0.1:1")
+
+
+def test_sync_channel_status_and_backend_series() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from grpc_balancer import metrics
+    from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
+
+    registry = CollectorRegistry()
+    metrics.enable(registry)
+    try:
+        with (
+            ServerProcesses(2) as fleet,
+            grpc_balancer.insecure_channel(fleet.target(), policy="round_robin") as ch,
+        ):
+            assert ch.wait_for_settled(10)
+            stub = greeter_pb2_grpc.GreeterStub(ch)
+            for _ in range(6):
+                stub.SayHello(greeter_pb2.HelloRequest(name="sync"), timeout=10)
+            status = ch.status()
+            assert status.target == fleet.target() and status.state == "READY"
+            assert [s.address for s in status.subchannels] == sorted(fleet.addresses)
+            assert sum(s.calls_started for s in status.subchannels) == 6
+
+            def attempts() -> float:
+                return sum(
+                    registry.get_sample_value(
+                        "grpc_client_attempt_duration_seconds_count",
+                        {
+                            "grpc_target": fleet.target(),
+                            "grpc_lb_backend": a,
+                            "grpc_status": "OK",
+                        },
+                    )
+                    or 0
+                    for a in fleet.addresses
+                )
+
+            deadline = time.monotonic() + 10  # observers run on the loop thread
+            while attempts() != 6 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert attempts() == 6
+    finally:
+        metrics.disable()

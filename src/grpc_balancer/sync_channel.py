@@ -36,6 +36,7 @@ from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.errors import ChannelClosedError, ChannelUsedAfterForkError
 from grpc_balancer.picker import Picker, PickInfo
 from grpc_balancer.resolvers.base import ResolverOptions
+from grpc_balancer.status import ChannelStatus
 from grpc_balancer.subchannel import ChannelOptions, Subchannel
 from grpc_balancer.sync_calls import (
     SyncStreamStreamMultiCallable,
@@ -350,6 +351,16 @@ class SyncBalancedChannel(grpc.Channel):
             except RuntimeError:
                 time.sleep(0.001)
         return self._core.subchannels
+
+    def status(self) -> ChannelStatus:
+        """Like :meth:`BalancedChannel.status`; taken on the loop thread, so it is a
+        consistent snapshot."""
+
+        async def take() -> ChannelStatus:
+            return self._core.status()
+
+        result: ChannelStatus = self._wait(take(), 10.0)
+        return result
 
     @property
     def loop_thread(self) -> threading.Thread:
