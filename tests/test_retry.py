@@ -496,3 +496,39 @@ async def test_replayable_requests_replay_then_forget_after_commit() -> None:
     replay.commit()
     assert [x async for x in second] == [0, 1, 2, 3, 4]
     assert replay._buffer == []  # nothing kept once committed
+
+
+class _StubbornPicker:
+    """Always the first backend, ignoring ``PickInfo.exclude``."""
+
+    def __init__(self, first: Any) -> None:
+        self._first = first
+
+    def pick(self, info: Any) -> Any:
+        return self._first
+
+
+class _StubbornPolicy(grpc_balancer.BasePolicy):
+    NAME = "stubborn_first"
+
+    def build_picker(self, usable: list[Any]) -> Any:
+        return _StubbornPicker(usable[0])
+
+
+async def test_retries_go_elsewhere_even_under_a_policy_that_ignores_exclude() -> None:
+    grpc_balancer.register_policy("stubborn_first", _StubbornPolicy)
+    config = retry_config(policy="stubborn_first")
+    fleet = GreeterFleet(3, faults=[Faults(fail_rate=1.0), Faults(), Faults()])
+    async with (
+        fleet,
+        grpc_balancer.aio.insecure_channel(
+            f"static:///{fleet.addresses[0]},{fleet.addresses[1]},{fleet.addresses[2]}",
+            service_config=config,
+        ) as ch,
+    ):
+        assert await ch.wait_for_settled(10)
+        stub = greeter_pb2_grpc.GreeterStub(ch)
+        for _ in range(5):
+            reply = await stub.SayHello(Req(name="s"), timeout=10)
+            assert port_of(reply.message) != fleet.ports[0]
+    assert fleet.servers[0].servicer is not None and fleet.servers[0].servicer.calls == 5

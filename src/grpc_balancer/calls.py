@@ -273,6 +273,8 @@ class _CallBase:
         sc = channel.pick_now(self._info, self._wait_for_ready)
         if sc is None:
             sc = await channel.pick(self._info, self._deadline, self._wait_for_ready)
+        if self._info.exclude and sc in self._info.exclude:
+            sc = channel.avoid_tried(self._info, sc)
         if channel.max_requests and sc.in_flight >= channel.max_requests:
             sc = channel.pick_unsaturated(self._info, sc)
         return sc

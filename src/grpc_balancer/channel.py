@@ -293,6 +293,19 @@ class BalancedChannel(grpc.aio.Channel):
                 return sc
             await self._wait_for_picker_after(picker, deadline)
 
+    def avoid_tried(self, info: PickInfo, picked: Subchannel) -> Subchannel:
+        """A retry's picker chose a backend this call already tried (a policy that
+        ignores ``PickInfo.exclude``): take the least loaded untried usable backend of
+        the same priority instead, if there is one."""
+        others = [
+            sc
+            for sc in self._subchannels
+            if sc.usable
+            and sc not in info.exclude
+            and sc.endpoint.priority == picked.endpoint.priority
+        ]
+        return min(others, key=lambda sc: sc.in_flight) if others else picked
+
     def pick_unsaturated(self, info: PickInfo, first: Subchannel) -> Subchannel:
         """``first`` is at ``circuitBreakers.maxRequests``: ask the picker again without
         it (and any other saturated one); failing that, the least loaded usable backend
