@@ -6,7 +6,12 @@ from __future__ import annotations
 import signal
 from typing import Any
 
+import grpc
+import grpc.aio
+import pytest
+
 import grpc_balancer
+from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.testing import ServerProcesses
 from tests.helpers import eventually, say_hello_ports
 from tests.load import Load
@@ -70,3 +75,16 @@ async def test_health_flip_under_load_stops_new_calls_after_the_update() -> None
             assert not load.errors, load.describe_errors()
             assert load.by_port[victim.port] <= ceiling
             assert load.done - 600 > 1000
+
+
+async def test_serve_fault_flags_fail_with_the_given_code_and_delay() -> None:
+    args = ["--fail-rate", "1", "--fail-code", "resource_exhausted", "--delay-ms", "30",
+            "--delay-dist", "lognormal"]  # fmt: skip
+    with ServerProcesses(1, args=args) as procs:
+        async with grpc_balancer.aio.insecure_channel(procs.target()) as ch:
+            stub = greeter_pb2_grpc.GreeterStub(ch)
+            for _ in range(3):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.SayHello(greeter_pb2.HelloRequest(name="f"), timeout=10)
+                assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "injected failure" in (info.value.details() or "")
