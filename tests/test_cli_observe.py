@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 
@@ -47,3 +48,46 @@ def test_log_level_info_shows_state_changes_not_calls() -> None:
         assert sum(f"endpoint added {address}" in ln for ln in ours) == 1
         assert sum(f"{address}: " in ln and ln.endswith("-> READY") for ln in ours) == 1
     assert len(ours) < 10  # a line per state change, none per call
+
+
+def test_status_on_sigusr1_while_running() -> None:
+    with ServerProcesses(2) as fleet:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "grpc_balancer", "call", "--target", fleet.target(),
+                "-n", "400", "--rate", "20", "--status",
+            ],
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            while "Response from server" not in proc.stdout.readline():
+                assert proc.poll() is None
+            proc.send_signal(signal.SIGUSR1)
+            header = f"target {fleet.target()}  policy round_robin  state READY"
+            lines = []
+            while header not in (line := proc.stderr.readline()):  # bounded by the 400 calls
+                assert line, "no status on stderr"
+                lines.append(line)
+            report = [proc.stderr.readline() for _ in range(4)]
+            proc.send_signal(signal.SIGINT)  # no need to wait for all 400 calls
+            proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert "resolver RESOLVED" in report[0]
+    assert sorted(ln.split()[0] for ln in report[2:]) == sorted(fleet.addresses)
+
+
+def test_status_every_interval_on_stderr() -> None:
+    with ServerProcesses(2) as fleet:
+        result = run_cli(
+            "call", "--target", fleet.target(), "-n", "40", "--rate", "20", "--status-every", "0.3"
+        )
+    assert result.returncode == 0, result.stderr
+    headers = [ln for ln in result.stderr.splitlines() if ln.startswith(f"target {fleet.target()}")]
+    assert len(headers) >= 2  # 2 s of calls, a report every 0.3 s
+    assert not any(ln.startswith("target ") for ln in result.stdout.splitlines())

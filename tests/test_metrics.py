@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -285,3 +286,66 @@ async def test_retries_from_the_attempt_loop_are_counted_per_backend(
     assert value(samples, "grpc_client_attempt_started_total", grpc_target=target) == (
         12 + failed_attempts
     )
+
+
+async def test_counters_never_go_back_while_scraped_under_load(
+    scrape: Scraper, fleet3: GreeterFleet
+) -> None:
+    target = fleet3.target()
+    async with grpc_balancer.aio.insecure_channel(target, policy="round_robin") as ch:
+        assert await ch.wait_for_settled(10)
+        stub = greeter_pb2_grpc.GreeterStub(ch)
+        remaining = 600
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                await stub.SayHello(Req(name="load"), timeout=10)
+
+        load = asyncio.gather(*(worker() for _ in range(8)))
+        readings: list[dict[str, float]] = []
+        while not load.done():
+            samples = await scrape()
+            readings.append(
+                {
+                    b: value(
+                        samples,
+                        "grpc_client_attempt_started_total",
+                        grpc_target=target,
+                        grpc_lb_backend=b,
+                    )
+                    for b in fleet3.addresses
+                }
+            )
+        await load
+        final = await scrape()
+    for before, after in itertools.pairwise(readings):
+        assert all(after[b] >= before[b] for b in fleet3.addresses), (before, after)
+    assert value(final, "grpc_client_attempt_started_total", grpc_target=target) == 600
+
+
+async def test_a_removed_backend_with_calls_in_flight_drains_then_drops(scrape: Scraper) -> None:
+    async with GreeterFleet(2, faults=[Faults(), Faults(delay_ms=300)]) as fleet:
+        resolver = manual_resolver(fleet.addresses)
+        slow = fleet.addresses[1]
+        async with grpc_balancer.aio.insecure_channel(resolver.target, policy="round_robin") as ch:
+            assert await ch.wait_for_settled(10)
+            stub = greeter_pb2_grpc.GreeterStub(ch)
+            with grpc_balancer.capture_backend() as seen:
+                calls = [
+                    asyncio.ensure_future(stub.SayHello(Req(name="d"), timeout=10))
+                    for _ in range(4)
+                ]
+                await eventually(lambda: len(seen.calls) == 4)
+            sc = next(s for s in ch.subchannels if s.address == slow)
+            await eventually(lambda: sc.in_flight == 2)
+            resolver.update(fleet.addresses[:1])
+            samples = await scrape()
+            labels = {"grpc_target": resolver.target, "grpc_lb_backend": slow}
+            assert value(samples, "grpc_client_attempt_started_total", **labels) == 2
+            assert value(samples, "grpc_lb_in_flight", **labels) == 2
+            await asyncio.gather(*calls)
+            samples = await scrape()
+            assert not series(samples, "grpc_client_attempt_started_total", **labels)
+            assert value(samples, "grpc_lb_endpoints", grpc_target=resolver.target) == 1

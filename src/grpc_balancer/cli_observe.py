@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -38,7 +41,16 @@ def add_observe_args(parser: argparse.ArgumentParser) -> None:
         "--live", action="store_true", help="live per-backend view (plain lines if not a terminal)"
     )
     parser.add_argument(
-        "--status", action="store_true", help="print the channel status after the calls"
+        "--status",
+        action="store_true",
+        help="print the channel status after the calls (and on SIGUSR1 while running)",
+    )
+    parser.add_argument(
+        "--status-every",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="SECONDS",
+        help="also print it every SECONDS while the calls run",
     )
     parser.add_argument(
         "--metrics-port",
@@ -54,6 +66,7 @@ def wants_observed_run(args: argparse.Namespace) -> bool:
     return bool(
         args.live
         or args.status
+        or args.status_every
         or args.metrics_port is not None
         or args.concurrency > 1
         or args.rate
@@ -82,11 +95,12 @@ async def run_observed(
         ) as channel:
             await channel.wait_for_settled(timeout=min(args.timeout, 2.0))
             stats = CallStats()
-            if args.live:
-                async with LiveView(channel, stats, args.count):
-                    await run_load(channel, stats, args)
-            else:
-                await run_load(channel, stats, args, echo=True)
+            async with _status_reports(channel, args):
+                if args.live:
+                    async with LiveView(channel, stats, args.count):
+                        await run_load(channel, stats, args)
+                else:
+                    await run_load(channel, stats, args, echo=True)
             if args.status:
                 print(format_status(channel.status()), flush=True)
     finally:
@@ -95,6 +109,40 @@ async def run_observed(
             server.server_close()
     counts = Counter({b: s.calls for b, s in stats.backends.items() if s.calls})
     return counts, stats.failed
+
+
+@contextlib.asynccontextmanager
+async def _status_reports(
+    channel: BalancedChannel, args: argparse.Namespace
+) -> AsyncIterator[None]:
+    """While the calls run: the status on SIGUSR1 (with ``--status``) and every
+    ``--status-every`` seconds, on stderr so it never mixes with replies or the view."""
+
+    def dump() -> None:
+        print(format_status(channel.status()), file=sys.stderr, flush=True)
+
+    loop = asyncio.get_running_loop()
+    on_signal = args.status and hasattr(signal, "SIGUSR1")
+    if on_signal:
+        loop.add_signal_handler(signal.SIGUSR1, dump)
+    ticker = None
+    if args.status_every:
+
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(args.status_every)
+                dump()
+
+        ticker = loop.create_task(tick())
+    try:
+        yield
+    finally:
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+        if on_signal:
+            loop.remove_signal_handler(signal.SIGUSR1)
 
 
 async def run_load(

@@ -120,6 +120,7 @@ class BackendSeries:
         "ejections",
         "hedges",
         "live",
+        "retired_started",
         "retries",
         "target",
         "transparent_retries",
@@ -138,6 +139,8 @@ class BackendSeries:
         self.ejections = 0
         self.live: set[Subchannel] = set()
         self.draining: set[Subchannel] = set()
+        #: Attempts started on subchannels that have left this series.
+        self.retired_started = 0
 
     def on_attempt(self, sc: Subchannel, latency_s: float, code: grpc.StatusCode) -> None:
         """``Subchannel.call_observers`` hook: one finished attempt."""
@@ -157,9 +160,16 @@ class BackendSeries:
         return [*self.live, *self.draining]
 
     def attempts_started(self) -> int:
-        """Every attempt either finished (and was observed) or is still in flight."""
-        finished = sum(h.count for h in list(self.attempts.values()))
-        return finished + sum(sc.in_flight for sc in self.subchannels())
+        """Read from the subchannels' own counters (monotonic, so a scrape racing an
+        attempt's end never sees the counter go back)."""
+        return self.retired_started + sum(sc.calls_started for sc in self.subchannels())
+
+    def retire(self, sc: Subchannel) -> None:
+        """``sc`` leaves the series (under the state lock); keep its started count."""
+        if sc in self.live or sc in self.draining:
+            self.live.discard(sc)
+            self.draining.discard(sc)
+            self.retired_started += sc.calls_started
 
 
 class _TargetSeries:
@@ -246,9 +256,11 @@ class _ChannelMetrics:
         if series is None:
             return
         with self._st.lock:
-            series.live.discard(subchannel)
-            if subchannel.in_flight:
+            if subchannel.in_flight and subchannel in series.live:
+                series.live.discard(subchannel)
                 series.draining.add(subchannel)  # its attempts still finish here
+            else:
+                series.retire(subchannel)
             _drop_if_unused(self._target, series)
 
     def subchannel_state(self, subchannel: Subchannel) -> None:
@@ -289,8 +301,7 @@ class _ChannelMetrics:
             for sc in self._subchannels:
                 series = sc.attrs.get(self._attr)
                 if series is not None:
-                    series.live.discard(sc)
-                    series.draining.discard(sc)
+                    series.retire(sc)
                     _drop_if_unused(target, series)
             target.channels -= 1
             if target.channels <= 0 and self._st.targets.get(target.target) is target:
@@ -298,9 +309,18 @@ class _ChannelMetrics:
         self._subchannels.clear()
 
 
+def _prune_drained(state: _State) -> None:
+    """Under the lock, at collection: forget backends whose last attempts have ended."""
+    for t in list(state.targets.values()):
+        for b in list(t.backends.values()):
+            if b.draining:
+                _drop_if_unused(t, b)
+
+
 def _drop_if_unused(target: _TargetSeries, series: BackendSeries) -> None:
     """Called under the lock: forget a backend no channel holds any more."""
-    series.draining = {sc for sc in series.draining if sc.in_flight}
+    for sc in [sc for sc in series.draining if not sc.in_flight]:
+        series.retire(sc)
     if not series.live and not series.draining and target.backends.get(series.backend) is series:
         del target.backends[series.backend]
 
@@ -379,6 +399,7 @@ class _Collector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self._state.lock:
+            _prune_drained(self._state)
             targets = [
                 (t, list(t.backends.values()), dict(t.calls_started))
                 for t in self._state.targets.values()

@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from grpc_balancer import instrument
-from grpc_balancer.metrics import LATENCY_BUCKETS, BackendSeries, _ChannelMetrics, _State
+from grpc_balancer.metrics import (
+    LATENCY_BUCKETS,
+    BackendSeries,
+    _ChannelMetrics,
+    _prune_drained,
+    _State,
+)
 
 try:
     from opentelemetry import metrics as otel_metrics
@@ -174,6 +180,7 @@ def disable() -> None:
 # -- collection-time callbacks ------------------------------------------------------------------
 def _backends() -> list[tuple[str, BackendSeries]]:
     with _state.lock:
+        _prune_drained(_state)
         return [(t.target, b) for t in _state.targets.values() for b in t.backends.values()]
 
 
