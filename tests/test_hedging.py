@@ -162,3 +162,18 @@ async def test_hedging_under_load_with_one_slow_backend() -> None:
         load = await Load(ch, total=400, concurrency=16).start().finish()
     assert not load.errors, load.describe_errors()
     assert fleet.ports[0] not in load.by_port
+
+
+async def test_a_hedge_with_nowhere_to_go_waits_for_the_attempts_already_sent() -> None:
+    # one backend, limited to one call: the hedges are refused locally, the first
+    # attempt still answers
+    config = hedging_config(delay="0.02s")
+    config["circuitBreakers"] = {"maxRequests": 1}
+    async with (
+        GreeterFleet(1, faults=[Faults(delay_ms=300)]) as fleet,
+        grpc_balancer.aio.insecure_channel(fleet.target(), service_config=config) as ch,
+    ):
+        stub = greeter_pb2_grpc.GreeterStub(ch)
+        reply = await stub.SayHello(Req(name="w"), timeout=10)
+        assert port_of(reply.message) == fleet.ports[0]
+    assert fleet.servers[0].servicer is not None and fleet.servers[0].servicer.calls == 1

@@ -267,12 +267,22 @@ class _CallBase:
             callback(self)
 
     async def _pick(self) -> Subchannel:
+        sc = self._pick_nowait()
+        if sc is None:
+            sc = await self._channel.pick(self._info, self._deadline, self._wait_for_ready)
+            sc = self._checked(sc)
+        return sc
+
+    def _pick_nowait(self) -> Subchannel | None:
+        """The current picker's choice, or None if the call would have to wait."""
         if self._cancelled:
             raise rpc_error(grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
+        sc = self._channel.pick_now(self._info, self._wait_for_ready)
+        return None if sc is None else self._checked(sc)
+
+    def _checked(self, sc: Subchannel) -> Subchannel:
+        """Apply what pickers may not know: backends already tried, per-backend limits."""
         channel = self._channel
-        sc = channel.pick_now(self._info, self._wait_for_ready)
-        if sc is None:
-            sc = await channel.pick(self._info, self._deadline, self._wait_for_ready)
         if self._info.exclude and sc in self._info.exclude:
             sc = channel.avoid_tried(self._info, sc)
         if channel.max_requests and sc.in_flight >= channel.max_requests:
@@ -482,39 +492,51 @@ class BalancedUnaryUnaryCall(_CallBase, grpc.aio.UnaryUnaryCall[Any, Any]):
         throttle = self._channel.throttle
         running: dict[asyncio.Task[tuple[Any, Any]], tuple[Subchannel, Any]] = {}
         sent = 0
+        limit = policy.max_attempts  # lowered to `sent` when no more hedges may go out
         next_at = loop.time()
         last_err: grpc.aio.AioRpcError | None = None
         try:
             while True:
-                if sent < policy.max_attempts and loop.time() >= next_at:
-                    if may_send_hedge(policy, sent, throttle):
-                        sc = await self._pick()
-                        if sent:
-                            self._channel.emit("hedge", sc, None)
-                        attempt = mc.inner(sc)(
-                            self._request,
-                            timeout=self._remaining(),
-                            metadata=self._metadata
-                            if not sent
-                            else _with_previous_attempts(self._metadata, sent),
-                            credentials=self._credentials,
-                            wait_for_ready=False,
-                            compression=self._compression,
-                        )
-                        if self._attempt is None:
-                            self._attempt, self._subchannel = attempt, sc
-                        task = loop.create_task(_run_attempt(sc, attempt))
-                        running[task] = (sc, attempt)
-                        self._info.exclude = self._info.exclude | {sc}
-                        sent += 1
-                        next_at = loop.time() + policy.delay_s
-                    else:
+                if sent < limit and loop.time() >= next_at:
+                    if not may_send_hedge(policy, sent, throttle):
                         self._channel.emit("throttled", None, None)
-                        sent = policy.max_attempts  # throttled: no more hedges for this call
+                        limit = sent
+                    else:
+                        try:
+                            # a hedge never waits for a backend: the others may answer meanwhile
+                            picked = await self._pick() if not running else self._pick_nowait()
+                            if picked is None:
+                                next_at = loop.time() + policy.delay_s
+                                continue
+                            sc = picked
+                            attempt = mc.inner(sc)(
+                                self._request,
+                                timeout=self._remaining(),
+                                metadata=self._metadata
+                                if not sent
+                                else _with_previous_attempts(self._metadata, sent),
+                                credentials=self._credentials,
+                                wait_for_ready=False,
+                                compression=self._compression,
+                            )
+                        except grpc.aio.AioRpcError:
+                            if not running:
+                                raise
+                            limit = sent  # no backend (or time) for a hedge: wait for the others
+                        else:
+                            if sent:
+                                self._channel.emit("hedge", sc, None)
+                            if self._attempt is None:
+                                self._attempt, self._subchannel = attempt, sc
+                            task = loop.create_task(_run_attempt(sc, attempt))
+                            running[task] = (sc, attempt)
+                            self._info.exclude = self._info.exclude | {sc}
+                            sent += 1
+                            next_at = loop.time() + policy.delay_s
                 if not running:
                     assert last_err is not None
                     raise _error_with_attempts(last_err, sent - 1)
-                timeout = None if sent >= policy.max_attempts else max(next_at - loop.time(), 0)
+                timeout = None if sent >= limit else max(next_at - loop.time(), 0)
                 if self._deadline is not None:
                     left = max(self._deadline - time.monotonic(), 0.0) + 0.05
                     timeout = left if timeout is None else min(timeout, left)
