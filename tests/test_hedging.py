@@ -55,8 +55,8 @@ async def test_a_hanging_backend_is_hedged_and_the_fast_answer_wins() -> None:
             reply = await call
             assert port_of(reply.message) != fleet.ports[0]
             assert call.peer_address != fleet.addresses[0]
-            if ("grpc-previous-rpc-attempts", "1") in tuple(await call.trailing_metadata()):
-                hedged += 1
+            if "grpc-previous-rpc-attempts" in dict(await call.trailing_metadata()):
+                hedged += 1  # (on a busy machine a slow fast backend may be hedged too)
         hung = fleet.servers[0].servicer
         assert hung is not None and hung.calls > 0
         # every call whose first attempt went to the hanging backend was hedged
