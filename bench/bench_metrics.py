@@ -1,9 +1,9 @@
 """Metrics overhead (issue 6): client CPU per RPC with Prometheus metrics on vs off.
 
-Same 3 greeter server processes, round_robin, concurrency 32. Three channels live side
-by side in one process: "off" and "control" created with metrics off, "on" after
-``grpc_balancer.metrics.enable()``. Batches of N calls go to each in turn (the order
-rotates every round); the CPU this process spent per batch (``time.process_time``: Python and
+Same 3 greeter server processes, round_robin, concurrency 32. Each round makes three
+fresh channels in one process: "off" and "control" created with metrics off, "on"
+after ``grpc_balancer.metrics.enable()``; after a warm-up, one batch of N calls goes to
+each (creation and batch order rotate through every permutation); the CPU this process spent per batch (``time.process_time``: Python and
 grpcio's C threads) is divided by N. Figures: the paired on/off ratio per round (its
 median and spread: neighbouring batches see the same machine noise), the ratio of
 total CPU and of the medians; "control" / "off", two identical channels, is the noise
@@ -58,43 +58,54 @@ async def _batch(stub: Any, request: Any, calls: int) -> float:
     return time.process_time() - cpu0
 
 
-async def _interleaved(target: str, calls: int, rounds: int) -> dict[str, list[float]]:
-    """Two channels side by side, one made with metrics off and one with metrics on;
-    batches alternate between them (ABBA order), so slow phases of a shared, noisy
-    machine hit both alike."""
-    registry = CollectorRegistry()
-    metrics.disable()
-    off = grpc_balancer.aio.insecure_channel(target, policy="round_robin")
-    control = grpc_balancer.aio.insecure_channel(target, policy="round_robin")
-    metrics.enable(registry)
-    on = grpc_balancer.aio.insecure_channel(target, policy="round_robin")
-    assert off.instrument is None and control.instrument is None and on.instrument is not None
+async def _round(
+    target: str, order: tuple[str, ...], calls: int, registry: CollectorRegistry
+) -> dict[str, float]:
+    """Fresh channels "off", "on" and "control" (off too), created and measured in
+    ``order``: a channel's identity or creation order must not favour one kind."""
+    channels: dict[str, grpc_balancer.aio.BalancedChannel] = {}
     request = greeter_pb2.HelloRequest(name="bench")
-    channels = {"off": off, "on": on, "control": control}
-    stubs = {k: greeter_pb2_grpc.GreeterStub(ch) for k, ch in channels.items()}
-    samples: dict[str, list[float]] = {k: [] for k in channels}
-    orders = list(itertools.permutations(channels))
     try:
-        for channel in channels.values():
-            await channel.wait_for_settled(10)
-        for stub in stubs.values():  # warm up connections and code paths
-            await _batch(stub, request, 2000)
-        for i in range(rounds):
-            for kind in orders[i % len(orders)]:
-                cpu = await _batch(stubs[kind], request, calls) / calls
-                samples[kind].append(cpu)
-            print(
-                f"round {i + 1}/{rounds}: off {samples['off'][-1] * 1e6:.1f} µs/RPC, "
-                f"on {samples['on'][-1] * 1e6:.1f} µs/RPC, "
-                f"control (off too) {samples['control'][-1] * 1e6:.1f} µs/RPC",
-                flush=True,
-            )
-        text = generate_latest(registry).decode()  # the exposition works after the load
-        assert "grpc_client_attempt_duration_seconds_bucket" in text
+        for kind in order:
+            if kind == "on":
+                metrics.enable(registry)
+            else:
+                metrics.disable()
+            channels[kind] = grpc_balancer.aio.insecure_channel(target, policy="round_robin")
+            assert (channels[kind].instrument is not None) == (kind == "on")
+        metrics.disable()
+        stubs = {k: greeter_pb2_grpc.GreeterStub(ch) for k, ch in channels.items()}
+        for kind in order:
+            await channels[kind].wait_for_settled(10)
+            await _batch(stubs[kind], request, 300)  # warm up connections and code paths
+        cpu = {kind: await _batch(stubs[kind], request, calls) / calls for kind in order}
+        metrics.enable(
+            registry
+        )  # scrape once, untimed: the exposition works under load's leftovers
+        text = generate_latest(registry).decode()
+        metrics.disable()
+        assert "grpc_client_attempt_started_total" in text
+        return cpu
     finally:
         for channel in channels.values():
             await channel.close()
-        metrics.disable()
+
+
+async def _interleaved(target: str, calls: int, rounds: int) -> dict[str, list[float]]:
+    """Rounds of fresh channels; creation and measurement order rotate through every
+    permutation, so slow phases of a shared, noisy machine hit all kinds alike."""
+    registry = CollectorRegistry()
+    samples: dict[str, list[float]] = {"off": [], "on": [], "control": []}
+    orders = list(itertools.permutations(samples))
+    for i in range(rounds):
+        cpu = await _round(target, orders[i % len(orders)], calls, registry)
+        for kind, value in cpu.items():
+            samples[kind].append(value)
+        print(
+            f"round {i + 1}/{rounds}: off {cpu['off'] * 1e6:.1f} µs/RPC, "
+            f"on {cpu['on'] * 1e6:.1f} µs/RPC, control (off too) {cpu['control'] * 1e6:.1f} µs/RPC",
+            flush=True,
+        )
     return samples
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import subprocess
+import sys
 import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -19,7 +21,7 @@ import grpc_balancer
 from grpc_balancer import metrics
 from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.greeter.servicer import Faults
-from grpc_balancer.testing import GreeterFleet, free_port, manual_resolver
+from grpc_balancer.testing import GreeterFleet, cli_env, free_port, manual_resolver
 from tests.helpers import eventually, port_of
 
 Req = greeter_pb2.HelloRequest
@@ -349,3 +351,15 @@ async def test_a_removed_backend_with_calls_in_flight_drains_then_drops(scrape: 
             samples = await scrape()
             assert not series(samples, "grpc_client_attempt_started_total", **labels)
             assert value(samples, "grpc_lb_endpoints", grpc_target=resolver.target) == 1
+
+
+def test_otel_without_the_extra_says_what_to_install() -> None:
+    code = (
+        "import sys; sys.modules['opentelemetry'] = None\n"
+        "try:\n    import grpc_balancer.otel\n"
+        "except ImportError as e:\n    print(e)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=60
+    )
+    assert "pip install 'grpc-balancer[otel]'" in result.stdout, result.stderr
