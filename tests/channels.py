@@ -41,30 +41,52 @@ class Greeter:
 
     def __init__(self, kind: str, channel: Any) -> None:
         self._sync = kind == "sync"
+        self._channel = channel
         self._stub = greeter_pb2_grpc.GreeterStub(channel)
+
+    async def _in_thread(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking call in a worker thread; then let the channel's loop deliver
+        the call's events, so a test can count them at once (as with the aio channel)."""
+
+        def run() -> Any:
+            try:
+                return call(*args, **kwargs)
+            finally:
+                self._channel.drain()
+
+        return await asyncio.to_thread(run)
 
     async def SayHello(self, request: Any, **kwargs: Any) -> Any:
         if self._sync:
-            return await asyncio.to_thread(self._stub.SayHello, request, **kwargs)
+            return await self._in_thread(self._stub.SayHello, request, **kwargs)
         return await self._stub.SayHello(request, **kwargs)
+
+    async def SayHelloWithTrailers(
+        self, request: Any, **kwargs: Any
+    ) -> tuple[Any, tuple[Any, ...]]:
+        """The reply and the call's trailing metadata, as ``(key, value)`` pairs."""
+        if self._sync:
+            reply, call = await self._in_thread(self._stub.SayHello.with_call, request, **kwargs)
+            return reply, tuple(tuple(item) for item in call.trailing_metadata() or ())
+        call = self._stub.SayHello(request, **kwargs)
+        reply = await call
+        return reply, tuple(tuple(item) for item in await call.trailing_metadata())
 
     async def SayHelloStream(self, request: Any, **kwargs: Any) -> list[Any]:
         if self._sync:
-            return await asyncio.to_thread(
-                lambda: list(self._stub.SayHelloStream(request, **kwargs))
-            )
+            return await self._in_thread(lambda: list(self._stub.SayHelloStream(request, **kwargs)))
         return [r async for r in self._stub.SayHelloStream(request, **kwargs)]
 
     async def SayHelloToMany(self, requests: Iterable[Any], **kwargs: Any) -> Any:
         items = list(requests)
         if self._sync:
-            return await asyncio.to_thread(self._stub.SayHelloToMany, iter(items), **kwargs)
+            return await self._in_thread(self._stub.SayHelloToMany, iter(items), **kwargs)
         return await self._stub.SayHelloToMany(_aiter(items), **kwargs)
 
     async def Chat(self, requests: Iterable[Any], **kwargs: Any) -> list[Any]:
         items = list(requests)
         if self._sync:
-            return await asyncio.to_thread(lambda: list(self._stub.Chat(iter(items), **kwargs)))
+            return await self._in_thread(lambda: list(self._stub.Chat(iter(items), **kwargs)))
         return [r async for r in self._stub.Chat(_aiter(items), **kwargs)]
 
 

@@ -4,8 +4,12 @@ number of concurrent workers, every outcome counted (no call lost silently)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+import grpc
 import grpc.aio
 
 from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
@@ -17,19 +21,23 @@ class Load:
 
     def __init__(
         self,
-        channel: grpc.aio.Channel,
+        channel: Any,
         total: int,
         concurrency: int = 16,
         timeout: float = 10.0,
         pace_s: float = 0.0,
     ) -> None:
-        self._stub = greeter_pb2_grpc.GreeterStub(channel)
+        # tests.channels.AnyChannel: a sync channel's calls run in `concurrency` threads.
+        self._sync = getattr(channel, "kind", None) == "sync"
+        self._raw = getattr(channel, "channel", channel)
+        self._stub = greeter_pb2_grpc.GreeterStub(self._raw)
+        self._executor: ThreadPoolExecutor | None = None
         self.total = total
         self.concurrency = concurrency
         self.timeout = timeout
         self.pace_s = pace_s
         self.by_port: Counter[int] = Counter()
-        self.errors: list[grpc.aio.AioRpcError] = []
+        self.errors: list[Any] = []
         self.started = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -51,15 +59,28 @@ class Load:
         await eventually(lambda: self.done >= n, timeout=timeout)
 
     async def _run(self) -> None:
-        await asyncio.gather(*(self._worker() for _ in range(self.concurrency)))
+        if self._sync:
+            self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="load")
+        try:
+            await asyncio.gather(*(self._worker() for _ in range(self.concurrency)))
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._raw.drain()  # the calls' events reach observers on the loop thread
+
+    async def _say_hello(self, request: greeter_pb2.HelloRequest) -> greeter_pb2.HelloReply:
+        if self._executor is None:
+            return await self._stub.SayHello(request, timeout=self.timeout)
+        call = functools.partial(self._stub.SayHello, request, timeout=self.timeout)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def _worker(self) -> None:
         request = greeter_pb2.HelloRequest(name="load")
         while self.started < self.total:
             self.started += 1
             try:
-                reply = await self._stub.SayHello(request, timeout=self.timeout)
-            except grpc.aio.AioRpcError as err:
+                reply = await self._say_hello(request)
+            except grpc.RpcError as err:
                 self.errors.append(err)
             else:
                 self.by_port[port_of(reply.message)] += 1

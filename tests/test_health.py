@@ -18,6 +18,7 @@ import grpc_balancer
 from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.greeter.servicer import Faults, GreeterServicer
 from grpc_balancer.testing import GreeterFleet, ServerProcesses
+from tests.channels import open_channel
 from tests.helpers import eventually, say_hello_ports
 from tests.load import Load
 
@@ -32,10 +33,12 @@ def sc_for(channel: Any, address: str) -> Any:
     return next(sc for sc in channel.subchannels if sc.address == address)
 
 
-async def test_not_serving_gets_no_new_calls_after_the_update_then_rejoins() -> None:
+async def test_not_serving_gets_no_new_calls_after_the_update_then_rejoins(
+    channel_kind: str,
+) -> None:
     async with (
         GreeterFleet(3) as fleet,
-        grpc_balancer.aio.insecure_channel(fleet.target(), service_config=health_config()) as ch,
+        open_channel(channel_kind, fleet.target(), service_config=health_config()) as ch,
     ):
         assert await ch.wait_for_settled(10)
         await eventually(lambda: all(sc.health == "SERVING" for sc in ch.subchannels))
@@ -60,11 +63,11 @@ async def test_not_serving_gets_no_new_calls_after_the_update_then_rejoins() -> 
         assert victim.port in ports
 
 
-async def test_pick_first_skips_a_backend_that_is_not_serving() -> None:
+async def test_pick_first_skips_a_backend_that_is_not_serving(channel_kind: str) -> None:
     async with GreeterFleet(2) as fleet:
         await fleet.servers[0].set_serving(False)
-        async with grpc_balancer.aio.insecure_channel(
-            fleet.target(), service_config=health_config(policy="pick_first")
+        async with open_channel(
+            channel_kind, fleet.target(), service_config=health_config(policy="pick_first")
         ) as ch:
             assert set(await say_hello_ports(ch, 10)) == {fleet.ports[1]}
             await fleet.servers[0].set_serving(True)
@@ -73,16 +76,16 @@ async def test_pick_first_skips_a_backend_that_is_not_serving() -> None:
             assert set(await say_hello_ports(ch, 10)) == {fleet.ports[0]}
 
 
-async def test_service_unknown_is_unhealthy_and_the_error_says_so() -> None:
+async def test_service_unknown_is_unhealthy_and_the_error_says_so(channel_kind: str) -> None:
     async with (
         GreeterFleet(2) as fleet,
-        grpc_balancer.aio.insecure_channel(
-            fleet.target(), service_config=health_config("no.such.Service")
+        open_channel(
+            channel_kind, fleet.target(), service_config=health_config("no.such.Service")
         ) as ch,
     ):
         await eventually(lambda: all(sc.health == "SERVICE_UNKNOWN" for sc in ch.subchannels))
-        stub = greeter_pb2_grpc.GreeterStub(ch)
-        with pytest.raises(grpc.aio.AioRpcError) as info:
+        stub = ch.stub()
+        with pytest.raises(grpc.RpcError) as info:
             await stub.SayHello(Req(name="x"), timeout=5)
     assert info.value.code() is grpc.StatusCode.UNAVAILABLE
     assert "health check reports SERVICE_UNKNOWN" in (info.value.details() or "")

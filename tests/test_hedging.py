@@ -12,6 +12,7 @@ import grpc_balancer
 from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.greeter.servicer import Faults
 from grpc_balancer.testing import GreeterFleet
+from tests.channels import open_channel
 from tests.helpers import eventually, port_of
 from tests.load import Load
 
@@ -39,23 +40,21 @@ def hedging_config(
     }
 
 
-async def test_a_hanging_backend_is_hedged_and_the_fast_answer_wins() -> None:
+async def test_a_hanging_backend_is_hedged_and_the_fast_answer_wins(channel_kind: str) -> None:
     faults = [Faults(delay_ms=30_000), Faults(), Faults()]
     async with (
         GreeterFleet(3, faults=faults) as fleet,
-        grpc_balancer.aio.insecure_channel(fleet.target(), service_config=hedging_config()) as ch,
+        open_channel(channel_kind, fleet.target(), service_config=hedging_config()) as ch,
     ):
         events: list[str] = []
         ch.observers.append(lambda event, sc, code: events.append(event))
         assert await ch.wait_for_settled(10)
-        stub = greeter_pb2_grpc.GreeterStub(ch)
+        stub = ch.stub()
         hedged = 0
         for _ in range(15):
-            call = stub.SayHello(Req(name="h"), timeout=10)
-            reply = await call
+            reply, trailers = await stub.SayHelloWithTrailers(Req(name="h"), timeout=10)
             assert port_of(reply.message) != fleet.ports[0]
-            assert call.peer_address != fleet.addresses[0]
-            if "grpc-previous-rpc-attempts" in dict(await call.trailing_metadata()):
+            if "grpc-previous-rpc-attempts" in dict(trailers):
                 hedged += 1  # (on a busy machine a slow fast backend may be hedged too)
         hung = fleet.servers[0].servicer
         assert hung is not None and hung.calls > 0
@@ -66,16 +65,16 @@ async def test_a_hanging_backend_is_hedged_and_the_fast_answer_wins() -> None:
         assert all(sc.in_flight == 0 for sc in ch.subchannels)
 
 
-async def test_a_non_fatal_failure_sends_the_next_hedge_at_once() -> None:
+async def test_a_non_fatal_failure_sends_the_next_hedge_at_once(channel_kind: str) -> None:
     faults = [Faults(fail_rate=1.0), Faults()]
     async with (
         GreeterFleet(2, faults=faults) as fleet,
-        grpc_balancer.aio.insecure_channel(
-            fleet.target(), service_config=hedging_config(delay="60s")
+        open_channel(
+            channel_kind, fleet.target(), service_config=hedging_config(delay="60s")
         ) as ch,
     ):
         assert await ch.wait_for_settled(10)
-        stub = greeter_pb2_grpc.GreeterStub(ch)
+        stub = ch.stub()
         # a 60 s hedging delay and a 10 s deadline: success means no waiting for the delay
         for _ in range(6):
             reply = await stub.SayHello(Req(name="n"), timeout=10)
@@ -84,78 +83,82 @@ async def test_a_non_fatal_failure_sends_the_next_hedge_at_once() -> None:
     assert failing is not None and failing.calls > 0
 
 
-async def test_a_fatal_failure_ends_the_call_without_more_hedges() -> None:
+async def test_a_fatal_failure_ends_the_call_without_more_hedges(channel_kind: str) -> None:
     faults = [Faults(fail_rate=1.0, fail_code=grpc.StatusCode.INTERNAL) for _ in range(2)]
     async with (
         GreeterFleet(2, faults=faults) as fleet,
-        grpc_balancer.aio.insecure_channel(
-            fleet.target(), service_config=hedging_config(delay="0.5s")
+        open_channel(
+            channel_kind, fleet.target(), service_config=hedging_config(delay="0.5s")
         ) as ch,
     ):
         assert await ch.wait_for_settled(10)
-        stub = greeter_pb2_grpc.GreeterStub(ch)
-        with pytest.raises(grpc.aio.AioRpcError) as info:
+        stub = ch.stub()
+        with pytest.raises(grpc.RpcError) as info:
             await stub.SayHello(Req(name="f"), timeout=10)
         assert info.value.code() is grpc.StatusCode.INTERNAL
     assert sum(s.servicer.calls for s in fleet.servers if s.servicer) == 1
 
 
-async def test_all_attempts_failing_returns_the_last_error_with_the_count() -> None:
+async def test_all_attempts_failing_returns_the_last_error_with_the_count(
+    channel_kind: str,
+) -> None:
     faults = [Faults(fail_rate=1.0) for _ in range(3)]
     async with (
         GreeterFleet(3, faults=faults) as fleet,
-        grpc_balancer.aio.insecure_channel(
-            fleet.target(), service_config=hedging_config(delay="0.01s")
+        open_channel(
+            channel_kind, fleet.target(), service_config=hedging_config(delay="0.01s")
         ) as ch,
     ):
         assert await ch.wait_for_settled(10)
-        stub = greeter_pb2_grpc.GreeterStub(ch)
-        with pytest.raises(grpc.aio.AioRpcError) as info:
+        stub = ch.stub()
+        with pytest.raises(grpc.RpcError) as info:
             await stub.SayHello(Req(name="f"), timeout=10)
     assert info.value.code() is grpc.StatusCode.UNAVAILABLE
     assert ("grpc-previous-rpc-attempts", "2") in tuple(info.value.trailing_metadata() or ())
     assert sorted(s.servicer.calls for s in fleet.servers if s.servicer) == [1, 1, 1]
 
 
-async def test_hedged_calls_respect_the_deadline() -> None:
+async def test_hedged_calls_respect_the_deadline(channel_kind: str) -> None:
     faults = [Faults(delay_ms=30_000) for _ in range(2)]
     async with (
         GreeterFleet(2, faults=faults) as fleet,
-        grpc_balancer.aio.insecure_channel(
-            fleet.target(), service_config=hedging_config(delay="0.05s")
+        open_channel(
+            channel_kind, fleet.target(), service_config=hedging_config(delay="0.05s")
         ) as ch,
     ):
-        stub = greeter_pb2_grpc.GreeterStub(ch)
-        with pytest.raises(grpc.aio.AioRpcError) as info:
+        stub = ch.stub()
+        with pytest.raises(grpc.RpcError) as info:
             await stub.SayHello(Req(name="d"), timeout=0.5)
         assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         await eventually(lambda: all(sc.in_flight == 0 for sc in ch.subchannels))
 
 
-async def test_hedging_with_throttling_stops_extra_attempts_when_tokens_run_low() -> None:
+async def test_hedging_with_throttling_stops_extra_attempts_when_tokens_run_low(
+    channel_kind: str,
+) -> None:
     config = hedging_config(delay="0.01s")
     config["retryThrottling"] = {"maxTokens": 4, "tokenRatio": 0.1}
     faults = [Faults(fail_rate=1.0) for _ in range(3)]
     async with (
         GreeterFleet(3, faults=faults) as fleet,
-        grpc_balancer.aio.insecure_channel(fleet.target(), service_config=config) as ch,
+        open_channel(channel_kind, fleet.target(), service_config=config) as ch,
     ):
         assert await ch.wait_for_settled(10)
-        stub = greeter_pb2_grpc.GreeterStub(ch)
+        stub = ch.stub()
         for _ in range(10):
-            with pytest.raises(grpc.aio.AioRpcError):
+            with pytest.raises(grpc.RpcError):
                 await stub.SayHello(Req(name="t"), timeout=10)
     attempts = sum(s.servicer.calls for s in fleet.servers if s.servicer)
     assert attempts < 10 * 3
     assert attempts >= 10  # the first attempt of each call always goes
 
 
-async def test_hedging_under_load_with_one_slow_backend() -> None:
+async def test_hedging_under_load_with_one_slow_backend(channel_kind: str) -> None:
     faults = [Faults(delay_ms=2_000), Faults(), Faults()]
     async with (
         GreeterFleet(3, faults=faults) as fleet,
-        grpc_balancer.aio.insecure_channel(
-            fleet.target(), service_config=hedging_config(policy="round_robin")
+        open_channel(
+            channel_kind, fleet.target(), service_config=hedging_config(policy="round_robin")
         ) as ch,
     ):
         assert await ch.wait_for_settled(10)

@@ -7,11 +7,11 @@ from typing import Any
 import grpc
 import pytest
 
-import grpc_balancer
 from grpc_balancer.config import load_service_config
 from grpc_balancer.errors import ServiceConfigError
 from grpc_balancer.greeter.servicer import Faults
 from grpc_balancer.testing import GreeterFleet
+from tests.channels import open_channel
 from tests.load import Load
 
 
@@ -22,11 +22,13 @@ def limit_config(max_requests: int) -> dict[str, Any]:
     }
 
 
-async def test_limit_holds_under_load_and_saturation_fails_fast_with_a_clear_message() -> None:
+async def test_limit_holds_under_load_and_saturation_fails_fast_with_a_clear_message(
+    channel_kind: str,
+) -> None:
     faults = [Faults(delay_ms=20) for _ in range(3)]
     async with (
         GreeterFleet(3, faults=faults) as fleet,
-        grpc_balancer.aio.insecure_channel(fleet.target(), service_config=limit_config(4)) as ch,
+        open_channel(channel_kind, fleet.target(), service_config=limit_config(4)) as ch,
     ):
         events: list[str] = []
         ch.observers.append(lambda event, sc, code: events.append(event))
@@ -43,12 +45,12 @@ async def test_limit_holds_under_load_and_saturation_fails_fast_with_a_clear_mes
         assert "saturated" in (err.details() or "")
 
 
-async def test_a_saturated_backend_is_skipped_while_others_have_room() -> None:
+async def test_a_saturated_backend_is_skipped_while_others_have_room(channel_kind: str) -> None:
     # one slow backend fills up; the fast ones take the rest, nothing fails
     faults = [Faults(delay_ms=500), Faults(), Faults()]
     async with (
         GreeterFleet(3, faults=faults) as fleet,
-        grpc_balancer.aio.insecure_channel(fleet.target(), service_config=limit_config(2)) as ch,
+        open_channel(channel_kind, fleet.target(), service_config=limit_config(2)) as ch,
     ):
         assert await ch.wait_for_settled(10)
         load = await Load(ch, total=600, concurrency=4).start().finish()
@@ -58,11 +60,11 @@ async def test_a_saturated_backend_is_skipped_while_others_have_room() -> None:
     assert load.by_port[fleet.ports[0]] < load.by_port[fleet.ports[1]]
 
 
-async def test_without_a_limit_nothing_is_refused() -> None:
+async def test_without_a_limit_nothing_is_refused(channel_kind: str) -> None:
     faults = [Faults(delay_ms=20) for _ in range(3)]
     async with (
         GreeterFleet(3, faults=faults) as fleet,
-        grpc_balancer.aio.insecure_channel(fleet.target(), policy="round_robin") as ch,
+        open_channel(channel_kind, fleet.target(), policy="round_robin") as ch,
     ):
         assert await ch.wait_for_settled(10)
         load = await Load(ch, total=300, concurrency=16).start().finish()

@@ -8,7 +8,6 @@ from typing import Any
 import grpc
 import pytest
 
-import grpc_balancer
 from grpc_balancer.config import load_service_config
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.errors import ServiceConfigError
@@ -16,6 +15,7 @@ from grpc_balancer.greeter.servicer import Faults
 from grpc_balancer.outlier import OutlierDetector, parse_outlier_detection
 from grpc_balancer.subchannel import Subchannel
 from grpc_balancer.testing import GreeterFleet
+from tests.channels import open_channel
 from tests.helpers import eventually
 from tests.load import Load
 from tests.test_retry import retry_config
@@ -190,7 +190,9 @@ def test_config_errors_name_the_field(config: dict[str, Any], message: str) -> N
         load_service_config({"outlierDetection": config})
 
 
-async def test_failing_backend_is_ejected_and_retries_with_throttling_stay_under_1_1x() -> None:
+async def test_failing_backend_is_ejected_and_retries_with_throttling_stay_under_1_1x(
+    channel_kind: str,
+) -> None:
     config = retry_config(throttling={"maxTokens": 100, "tokenRatio": 0.1})
     config["outlierDetection"] = {
         "interval": "1s",
@@ -201,7 +203,7 @@ async def test_failing_backend_is_ejected_and_retries_with_throttling_stay_under
     faults = [Faults(fail_rate=1.0), Faults(), Faults()]
     async with (
         GreeterFleet(3, faults=faults) as fleet,
-        grpc_balancer.aio.insecure_channel(fleet.target(), service_config=config) as ch,
+        open_channel(channel_kind, fleet.target(), service_config=config) as ch,
     ):
         events: list[str] = []
         ch.observers.append(lambda event, sc, code: events.append(event))
@@ -215,7 +217,7 @@ async def test_failing_backend_is_ejected_and_retries_with_throttling_stay_under
     assert fleet.servers[0].port not in load.by_port
 
 
-async def test_ejected_backend_returns_after_its_ejection_time() -> None:
+async def test_ejected_backend_returns_after_its_ejection_time(channel_kind: str) -> None:
     config = {
         "loadBalancingConfig": [{"round_robin": {}}],
         "outlierDetection": {
@@ -226,7 +228,7 @@ async def test_ejected_backend_returns_after_its_ejection_time() -> None:
     }
     async with (
         GreeterFleet(3, faults=[Faults(fail_rate=1.0), Faults(), Faults()]) as fleet,
-        grpc_balancer.aio.insecure_channel(fleet.target(), service_config=config) as ch,
+        open_channel(channel_kind, fleet.target(), service_config=config) as ch,
     ):
         assert await ch.wait_for_settled(10)
         await Load(ch, total=60, concurrency=4).start().finish()

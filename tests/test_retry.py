@@ -25,6 +25,7 @@ from grpc_balancer.retry import (
     retry_delay_s,
 )
 from grpc_balancer.testing import GreeterFleet
+from tests.channels import open_channel
 from tests.helpers import port_of
 
 Req = greeter_pb2.HelloRequest
@@ -247,20 +248,17 @@ def _fleet_with_one_failing() -> GreeterFleet:
     return GreeterFleet(3, faults=[Faults(fail_rate=1.0), Faults(), Faults()])
 
 
-async def test_retries_go_to_other_backends_and_every_call_succeeds() -> None:
+async def test_retries_go_to_other_backends_and_every_call_succeeds(channel_kind: str) -> None:
     async with _fleet_with_one_failing() as fleet:
         bad = fleet.servers[0]
-        async with grpc_balancer.aio.insecure_channel(
-            fleet.target(), service_config=retry_config()
-        ) as ch:
+        async with open_channel(channel_kind, fleet.target(), service_config=retry_config()) as ch:
             assert await ch.wait_for_settled(10)
-            stub = greeter_pb2_grpc.GreeterStub(ch)
+            stub = ch.stub()
             retried = 0
             for _ in range(60):
-                call = stub.SayHello(Req(name="r"), timeout=10)
-                reply = await call
+                reply, trailer_items = await stub.SayHelloWithTrailers(Req(name="r"), timeout=10)
                 assert port_of(reply.message) != bad.port
-                trailers = dict(await call.trailing_metadata())
+                trailers = dict(trailer_items)
                 if "grpc-previous-rpc-attempts" in trailers:
                     assert trailers["grpc-previous-rpc-attempts"] == "1"
                     retried += 1
@@ -269,69 +267,71 @@ async def test_retries_go_to_other_backends_and_every_call_succeeds() -> None:
     assert retried == bad.servicer.calls > 0
 
 
-async def test_without_a_retry_policy_failures_reach_the_application() -> None:
+async def test_without_a_retry_policy_failures_reach_the_application(channel_kind: str) -> None:
     fleet = _fleet_with_one_failing()
     async with (
         fleet,
-        grpc_balancer.aio.insecure_channel(fleet.target(), policy="round_robin") as ch,
+        open_channel(channel_kind, fleet.target(), policy="round_robin") as ch,
     ):
         assert await ch.wait_for_settled(10)
-        stub = greeter_pb2_grpc.GreeterStub(ch)
+        stub = ch.stub()
         failed = 0
         for _ in range(30):
             try:
                 await stub.SayHello(Req(name="r"), timeout=10)
-            except grpc.aio.AioRpcError as err:
+            except grpc.RpcError as err:
                 assert err.code() is UNAVAILABLE and "injected failure" in (err.details() or "")
                 failed += 1
         assert failed == 10
 
 
-async def test_max_attempts_each_on_a_different_backend_then_the_error_with_its_count() -> None:
+async def test_max_attempts_each_on_a_different_backend_then_the_error_with_its_count(
+    channel_kind: str,
+) -> None:
     fleet = GreeterFleet(3, faults=[Faults(fail_rate=1.0) for _ in range(3)])
     config = retry_config(max_attempts=3)
     async with (
         fleet,
-        grpc_balancer.aio.insecure_channel(fleet.target(), service_config=config) as ch,
+        open_channel(channel_kind, fleet.target(), service_config=config) as ch,
     ):
         assert await ch.wait_for_settled(10)
-        stub = greeter_pb2_grpc.GreeterStub(ch)
-        with pytest.raises(grpc.aio.AioRpcError) as info:
+        stub = ch.stub()
+        with pytest.raises(grpc.RpcError) as info:
             await stub.SayHello(Req(name="r"), timeout=10)
     assert info.value.code() is UNAVAILABLE
     assert ("grpc-previous-rpc-attempts", "2") in tuple(info.value.trailing_metadata() or ())
     assert sorted(s.servicer.calls for s in fleet.servers if s.servicer) == [1, 1, 1]
 
 
-async def test_non_retryable_code_is_not_retried() -> None:
+async def test_non_retryable_code_is_not_retried(channel_kind: str) -> None:
     faults = [Faults(fail_rate=1.0, fail_code=grpc.StatusCode.INTERNAL) for _ in range(2)]
     async with (
         GreeterFleet(2, faults=faults) as fleet,
-        grpc_balancer.aio.insecure_channel(fleet.target(), service_config=retry_config()) as ch,
+        open_channel(channel_kind, fleet.target(), service_config=retry_config()) as ch,
     ):
         assert await ch.wait_for_settled(10)
-        stub = greeter_pb2_grpc.GreeterStub(ch)
-        with pytest.raises(grpc.aio.AioRpcError) as info:
+        stub = ch.stub()
+        with pytest.raises(grpc.RpcError) as info:
             await stub.SayHello(Req(name="r"), timeout=10)
     assert info.value.code() is grpc.StatusCode.INTERNAL
     assert sum(s.servicer.calls for s in fleet.servers if s.servicer) == 1
 
 
-async def test_throttling_bounds_attempts_when_everything_fails() -> None:
+async def test_throttling_bounds_attempts_when_everything_fails(channel_kind: str) -> None:
     faults = [Faults(fail_rate=1.0) for _ in range(3)]
     throttling = {"maxTokens": 10, "tokenRatio": 0.1}
     events: list[str] = []
     async with (
         GreeterFleet(3, faults=faults) as fleet,
-        grpc_balancer.aio.insecure_channel(
-            fleet.target(), service_config=retry_config(throttling=throttling)
+        open_channel(
+            channel_kind, fleet.target(), service_config=retry_config(throttling=throttling)
         ) as ch,
     ):
         ch.observers.append(lambda event, sc, code: events.append(event))
         assert await ch.wait_for_settled(10)
-        stub = greeter_pb2_grpc.GreeterStub(ch)
+        stub = ch.stub()
         for _ in range(50):
-            with pytest.raises(grpc.aio.AioRpcError):
+            with pytest.raises(grpc.RpcError):
                 await stub.SayHello(Req(name="r"), timeout=10)
     attempts = sum(s.servicer.calls for s in fleet.servers if s.servicer)
     # 10 tokens, retries only above 5: 4 retries, then none (without throttling: 250)
@@ -339,33 +339,35 @@ async def test_throttling_bounds_attempts_when_everything_fails() -> None:
     assert events.count("retry") == 4 and events.count("throttled") >= 40
 
 
-async def test_deadline_bounds_all_attempts_no_late_success() -> None:
+async def test_deadline_bounds_all_attempts_no_late_success(channel_kind: str) -> None:
     # pick_first sends the first attempt to the slow failing backend; a retry on the
     # other one would succeed, but only after the deadline.
     faults = [Faults(delay_ms=300, fail_rate=1.0), Faults(delay_ms=300)]
     async with (
         GreeterFleet(2, faults=faults) as fleet,
-        grpc_balancer.aio.insecure_channel(
-            fleet.target(), service_config=retry_config(policy="pick_first")
+        open_channel(
+            channel_kind, fleet.target(), service_config=retry_config(policy="pick_first")
         ) as ch,
     ):
         assert await ch.wait_for_settled(10)
-        stub = greeter_pb2_grpc.GreeterStub(ch)
+        stub = ch.stub()
         for _ in range(3):
-            with pytest.raises(grpc.aio.AioRpcError) as info:
+            with pytest.raises(grpc.RpcError) as info:
                 await stub.SayHello(Req(name="d"), timeout=0.45)
             assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-async def test_method_config_timeout_applies_and_the_smaller_deadline_wins() -> None:
+async def test_method_config_timeout_applies_and_the_smaller_deadline_wins(
+    channel_kind: str,
+) -> None:
     async with GreeterFleet(1, faults=[Faults(delay_ms=2000)]) as fleet:
         config = {"methodConfig": [{"name": [{"service": "greeter.Greeter"}], "timeout": "0.2s"}]}
-        async with grpc_balancer.aio.insecure_channel(fleet.target(), service_config=config) as ch:
-            stub = greeter_pb2_grpc.GreeterStub(ch)
-            with pytest.raises(grpc.aio.AioRpcError) as info:
+        async with open_channel(channel_kind, fleet.target(), service_config=config) as ch:
+            stub = ch.stub()
+            with pytest.raises(grpc.RpcError) as info:
                 await stub.SayHello(Req(name="t"))
             assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-            with pytest.raises(grpc.aio.AioRpcError) as info:
+            with pytest.raises(grpc.RpcError) as info:
                 await stub.SayHello(Req(name="t"), timeout=30)
             assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
             fleet.servers[0].faults.delay_ms = 0
@@ -515,19 +517,22 @@ class _StubbornPolicy(grpc_balancer.BasePolicy):
         return _StubbornPicker(usable[0])
 
 
-async def test_retries_go_elsewhere_even_under_a_policy_that_ignores_exclude() -> None:
+async def test_retries_go_elsewhere_even_under_a_policy_that_ignores_exclude(
+    channel_kind: str,
+) -> None:
     grpc_balancer.register_policy("stubborn_first", _StubbornPolicy)
     config = retry_config(policy="stubborn_first")
     fleet = GreeterFleet(3, faults=[Faults(fail_rate=1.0), Faults(), Faults()])
     async with (
         fleet,
-        grpc_balancer.aio.insecure_channel(
+        open_channel(
+            channel_kind,
             f"static:///{fleet.addresses[0]},{fleet.addresses[1]},{fleet.addresses[2]}",
             service_config=config,
         ) as ch,
     ):
         assert await ch.wait_for_settled(10)
-        stub = greeter_pb2_grpc.GreeterStub(ch)
+        stub = ch.stub()
         for _ in range(5):
             reply = await stub.SayHello(Req(name="s"), timeout=10)
             assert port_of(reply.message) != fleet.ports[0]

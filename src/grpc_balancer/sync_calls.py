@@ -36,7 +36,7 @@ from grpc_balancer.retry import (
     record_success,
     retry_delay_s,
 )
-from grpc_balancer.sync_future import BalancedFuture, FailedCall
+from grpc_balancer.sync_future import BalancedFuture, CallWithAttempts, FailedCall
 
 if TYPE_CHECKING:
     from grpc_balancer.sync_channel import SyncBalancedChannel
@@ -159,11 +159,24 @@ class _SyncMultiCallable:
         self, info: PickInfo, deadline: float | None, wait_for_ready: bool
     ) -> SyncSubchannel:
         """A pick, then ``circuitBreakers.maxRequests``: skip a saturated backend."""
-        channel = self._channel
-        sc = channel.pick(info, deadline, wait_for_ready)
-        limit = channel.core.max_requests
-        if limit and sc.in_flight >= limit:
-            sc = cast("SyncSubchannel", channel.core.pick_unsaturated(info, sc))
+        return self.adjust_pick(info, self._channel.pick(info, deadline, wait_for_ready))
+
+    def adjust_pick(self, info: PickInfo, sc: SyncSubchannel) -> SyncSubchannel:
+        """As the async calls do after a pick: avoid a backend this call already tried
+        (a policy may ignore ``PickInfo.exclude``), then apply ``maxRequests``."""
+        core = self._channel.core
+        limit = core.max_requests
+        if not (info.exclude and sc in info.exclude) and not (limit and sc.in_flight >= limit):
+            return sc
+        for _ in range(3):
+            try:  # the loop thread may change the subchannel set while we read it
+                if info.exclude and sc in info.exclude:
+                    sc = cast("SyncSubchannel", core.avoid_tried(info, sc))
+                if limit and sc.in_flight >= limit:
+                    sc = cast("SyncSubchannel", core.pick_unsaturated(info, sc))
+                return sc
+            except RuntimeError:
+                continue
         return sc
 
     def start(
@@ -374,6 +387,8 @@ class _UnaryResponse(_SyncMultiCallable):
             sc.call_finished(started, _OK)
             if retry is not None:
                 self.succeeded()
+                if with_call and attempts:
+                    return result[0], CallWithAttempts(result[1], attempts)
             return result
 
     def _hedged(
@@ -444,7 +459,9 @@ class _UnaryResponse(_SyncMultiCallable):
                     with self._channel.throttle_lock:
                         record_success(throttle)
                     response = attempt.result()
-                    return (response, attempt) if with_call else response
+                    if not with_call:
+                        return response
+                    return response, (CallWithAttempts(attempt, sent - 1) if sent > 1 else attempt)
                 last_err = attempt
                 with self._channel.throttle_lock:
                     fatal = hedge_failure_is_fatal(policy, code, throttle)

@@ -34,6 +34,7 @@ from grpc_balancer.channel import BalancedChannel
 from grpc_balancer.config import ServiceConfig
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.errors import ChannelClosedError, ChannelUsedAfterForkError
+from grpc_balancer.events import Observer
 from grpc_balancer.picker import Picker, PickInfo
 from grpc_balancer.resolvers.base import ResolverOptions
 from grpc_balancer.status import ChannelStatus
@@ -303,6 +304,17 @@ class SyncBalancedChannel(grpc.Channel):
         if self._core.picker is picker and self._unusable is None:
             self._wait(self._core.wait_for_picker_change(picker, deadline, at_most), None)
 
+    def drain(self, timeout: float = 10.0) -> None:
+        """Wait until everything already handed to the loop thread has run: resilience
+        events and metrics hooks of finished calls are delivered there, just after the
+        call returns. Useful in tests that count events right after their calls."""
+        if self._unusable is None and not self._thread.in_loop_thread():
+
+            async def nothing() -> None:
+                return None
+
+            self._wait(nothing(), timeout)
+
     def on_loop(self, callback: Callable[..., Any], *args: Any) -> None:
         """Run ``callback(*args)`` on the loop thread (metrics hooks, executor jobs)."""
         self._thread.call_soon(callback, *args)
@@ -361,6 +373,12 @@ class SyncBalancedChannel(grpc.Channel):
 
         result: ChannelStatus = self._wait(take(), 10.0)
         return result
+
+    @property
+    def observers(self) -> list[Observer]:
+        """Resilience event observers (see :mod:`grpc_balancer.events`); they are called
+        on the channel's loop thread."""
+        return self._core.observers
 
     @property
     def loop_thread(self) -> threading.Thread:

@@ -105,15 +105,15 @@ class BalancedFuture(_CallFuture):
         core = self._channel.core
         try:
             sc = core.pick_now(self._info, self._wait_for_ready)
-            if sc is not None and core.max_requests and sc.in_flight >= core.max_requests:
-                sc = core.pick_unsaturated(self._info, sc)
+            if sc is not None:
+                sc = self._mc.adjust_pick(self._info, cast("SyncSubchannel", sc))
         except grpc.RpcError as err:
             self._finish(None, err)
             return
         if sc is None:
             self._pick_on_loop(None, 0.0)
         else:
-            self._send(cast("SyncSubchannel", sc))
+            self._send(sc)
 
     def _pick_on_loop(self, after: Any, delay: float) -> None:
         core = self._channel.core
@@ -126,9 +126,7 @@ class BalancedFuture(_CallFuture):
             if self._cancelled:
                 raise rpc_error(_CANCELLED, "Locally cancelled by application!")
             sc = await core.pick(self._info, self._deadline, self._wait_for_ready)
-            if core.max_requests and sc.in_flight >= core.max_requests:
-                sc = core.pick_unsaturated(self._info, sc)
-            return sc
+            return self._mc.adjust_pick(self._info, cast("SyncSubchannel", sc))
 
         try:
             future = self._channel._thread.submit(pick())
@@ -319,7 +317,11 @@ class BalancedFuture(_CallFuture):
 
     def trailing_metadata(self) -> Any:
         call = self._settled_call()
-        return call.trailing_metadata() if call is not None else ()
+        if call is None:
+            return ()
+        if call is self._attempt and self._attempts:
+            return CallWithAttempts(call, self._attempts).trailing_metadata()
+        return call.trailing_metadata()
 
     def code(self) -> grpc.StatusCode:
         call = self._settled_call()
@@ -395,3 +397,41 @@ class FailedCall(grpc.RpcError, _CallFuture):
 
     def __str__(self) -> str:
         return f"<FailedCall {self.code()}: {self.details()}>"
+
+
+class CallWithAttempts(grpc.Call):
+    """grpcio's call object for the attempt that answered, whose trailing metadata also
+    carries ``grpc-previous-rpc-attempts`` (as the async calls report it)."""
+
+    def __init__(self, call: Any, previous: int) -> None:
+        self._call = call
+        self._previous = previous
+
+    def trailing_metadata(self) -> Any:
+        from grpc_balancer.sync_calls import metadata_for
+
+        return metadata_for(self._call.trailing_metadata(), self._previous)
+
+    def initial_metadata(self) -> Any:
+        return self._call.initial_metadata()
+
+    def code(self) -> grpc.StatusCode:
+        return cast(grpc.StatusCode, self._call.code())
+
+    def details(self) -> str:
+        return cast(str, self._call.details())
+
+    def is_active(self) -> bool:
+        return cast(bool, self._call.is_active())
+
+    def time_remaining(self) -> float | None:  # type: ignore[override]
+        return cast("float | None", self._call.time_remaining())
+
+    def cancel(self) -> bool:
+        return cast(bool, self._call.cancel())
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return cast(bool, self._call.add_callback(callback))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
