@@ -151,10 +151,12 @@ class AnyChannel:
         await self.close()
 
 
-def open_channel(kind: str, target: str, **kwargs: Any) -> AnyChannel:
-    """``grpc_balancer.aio.insecure_channel`` or ``grpc_balancer.insecure_channel``."""
-    if kind == "aio":
-        return AnyChannel(kind, grpc_balancer.aio.insecure_channel(target, **kwargs))
-    if kind == "sync":
-        return AnyChannel(kind, grpc_balancer.insecure_channel(target, **kwargs))
-    raise ValueError(f"unknown channel kind {kind!r} (known: {', '.join(KINDS)})")
+def open_channel(kind: str, target: str, credentials: Any = None, **kwargs: Any) -> AnyChannel:
+    """``grpc_balancer.aio.insecure_channel`` or ``grpc_balancer.insecure_channel``
+    (``secure_channel`` of either kind when ``credentials`` are given)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown channel kind {kind!r} (known: {', '.join(KINDS)})")
+    api: Any = grpc_balancer.aio if kind == "aio" else grpc_balancer
+    if credentials is not None:
+        return AnyChannel(kind, api.secure_channel(target, credentials, **kwargs))
+    return AnyChannel(kind, api.insecure_channel(target, **kwargs))

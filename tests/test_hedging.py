@@ -8,8 +8,7 @@ import grpc
 import grpc.aio
 import pytest
 
-import grpc_balancer
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.greeter import greeter_pb2
 from grpc_balancer.greeter.servicer import Faults
 from grpc_balancer.testing import GreeterFleet
 from tests.channels import open_channel
@@ -167,16 +166,18 @@ async def test_hedging_under_load_with_one_slow_backend(channel_kind: str) -> No
     assert fleet.ports[0] not in load.by_port
 
 
-async def test_a_hedge_with_nowhere_to_go_waits_for_the_attempts_already_sent() -> None:
+async def test_a_hedge_with_nowhere_to_go_waits_for_the_attempts_already_sent(
+    channel_kind: str,
+) -> None:
     # one backend, limited to one call: the hedges are refused locally, the first
     # attempt still answers
     config = hedging_config(delay="0.02s")
     config["circuitBreakers"] = {"maxRequests": 1}
     async with (
         GreeterFleet(1, faults=[Faults(delay_ms=300)]) as fleet,
-        grpc_balancer.aio.insecure_channel(fleet.target(), service_config=config) as ch,
+        open_channel(channel_kind, fleet.target(), service_config=config) as ch,
     ):
-        stub = greeter_pb2_grpc.GreeterStub(ch)
+        stub = ch.stub()
         reply = await stub.SayHello(Req(name="w"), timeout=10)
         assert port_of(reply.message) == fleet.ports[0]
     assert fleet.servers[0].servicer is not None and fleet.servers[0].servicer.calls == 1

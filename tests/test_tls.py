@@ -11,9 +11,9 @@ import grpc
 import grpc.aio
 import pytest
 
-import grpc_balancer
 from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.greeter.servicer import GreeterServicer
+from tests.channels import open_channel
 from tests.helpers import say_hello_ports
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
@@ -50,23 +50,25 @@ async def tls_servers(tmp_path: Path) -> AsyncIterator[tuple[list[int], bytes]]:
         await server.stop(0)
 
 
-async def test_secure_channel_balances_over_tls(tls_servers: tuple[list[int], bytes]) -> None:
+async def test_secure_channel_balances_over_tls(
+    channel_kind: str, tls_servers: tuple[list[int], bytes]
+) -> None:
     ports, cert = tls_servers
     creds = grpc.ssl_channel_credentials(root_certificates=cert)
     target = "static:///" + ",".join(f"127.0.0.1:{p}" for p in ports)
-    async with grpc_balancer.aio.secure_channel(target, creds, policy="round_robin") as ch:
+    async with open_channel(channel_kind, target, creds, policy="round_robin") as ch:
         await ch.wait_for_settled(10)
         assert set(await say_hello_ports(ch, 4)) == set(ports)
 
 
 async def test_secure_channel_with_untrusted_cert_fails_with_a_reason(
-    tls_servers: tuple[list[int], bytes],
+    channel_kind: str, tls_servers: tuple[list[int], bytes]
 ) -> None:
     ports, _cert = tls_servers
     creds = grpc.ssl_channel_credentials()  # system roots: our cert is not trusted
     target = f"static:///127.0.0.1:{ports[0]}"
-    async with grpc_balancer.aio.secure_channel(target, creds) as ch:
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await greeter_pb2_grpc.GreeterStub(ch).SayHello(greeter_pb2.HelloRequest(), timeout=10)
+    async with open_channel(channel_kind, target, creds) as ch:
+        with pytest.raises(grpc.RpcError) as info:
+            await ch.stub().SayHello(greeter_pb2.HelloRequest(), timeout=10)
     assert info.value.code() is grpc.StatusCode.UNAVAILABLE
     assert "no backend reachable" in (info.value.details() or "")

@@ -203,6 +203,24 @@ class _SyncMultiCallable:
         channel.check_usable()
         raise rpc_error(_UNAVAILABLE, f"no backend of {channel.target!r} accepted the call")
 
+    def start_nowait(
+        self, info: PickInfo, deadline: float | None, wait_for_ready: bool
+    ) -> tuple[SyncSubchannel, Any, float, float | None] | None:
+        """Like :meth:`start`, but ``None`` instead of waiting for a backend."""
+        picked = self._channel.core.pick_now(info, wait_for_ready)
+        if picked is None:
+            return None
+        sc = self.adjust_pick(info, cast("SyncSubchannel", picked))
+        inner = self.inner(sc)
+        started = sc.try_call_started() if inner is not None else None
+        if started is None:
+            return None
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            sc.call_finished(started, _DEADLINE)
+            raise rpc_error(_DEADLINE, "Deadline Exceeded")
+        return sc, inner, started, remaining
+
     def closed_under_us(self, sc: SyncSubchannel, started: float) -> None:
         """grpcio raised ValueError: the endpoint channel was closed between pick and send."""
         sc.call_finished(started, _CANCELLED)
@@ -412,38 +430,54 @@ class _UnaryResponse(_SyncMultiCallable):
         finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
         running: dict[Any, SyncSubchannel] = {}
         sent = 0
+        limit = policy.max_attempts  # lowered to `sent` when no more hedges may go out
         next_at = time.monotonic()
         last_err: Any = None
         try:
             while True:
-                if sent < policy.max_attempts and time.monotonic() >= next_at:
+                if sent < limit and time.monotonic() >= next_at:
                     with self._channel.throttle_lock:
                         allowed = may_send_hedge(policy, sent, throttle)
-                    if allowed:
-                        sc, inner, started, remaining = self.start(info, deadline, wfr)
-                        if sent:
-                            core.emit("hedge", sc, None)
-                        attempt = inner.future(
-                            request,
-                            remaining,
-                            metadata_for(metadata, sent),
-                            credentials,
-                            False,
-                            compression,
-                        )
-                        running[attempt] = sc
-                        if record is not None and record._subchannel is None:
-                            record._subchannel = sc
-                        attempt.add_done_callback(_accounted(sc, started, finished.put))
-                        info.exclude = info.exclude | {sc}
-                        sent += 1
-                        next_at = time.monotonic() + policy.delay_s
-                    else:
+                    if not allowed:
                         core.emit("throttled", None, None)
-                        sent = policy.max_attempts  # throttled: no more hedges for this call
+                        limit = sent
+                    else:
+                        try:
+                            # a hedge never waits for a backend: the others may answer meanwhile
+                            got = (
+                                self.start(info, deadline, wfr)
+                                if not running
+                                else self.start_nowait(info, deadline, wfr)
+                            )
+                        except grpc.RpcError:
+                            if not running:
+                                raise
+                            limit = sent  # no backend (or time) for a hedge: wait for the others
+                            got = None
+                        if got is None:
+                            next_at = time.monotonic() + policy.delay_s
+                        else:
+                            sc, inner, started, remaining = got
+                            if sent:
+                                core.emit("hedge", sc, None)
+                            attempt = inner.future(
+                                request,
+                                remaining,
+                                metadata_for(metadata, sent),
+                                credentials,
+                                False,
+                                compression,
+                            )
+                            running[attempt] = sc
+                            if record is not None and record._subchannel is None:
+                                record._subchannel = sc
+                            attempt.add_done_callback(_accounted(sc, started, finished.put))
+                            info.exclude = info.exclude | {sc}
+                            sent += 1
+                            next_at = time.monotonic() + policy.delay_s
                 if not running:
                     raise with_attempts(last_err, sent - 1)
-                wait = None if sent >= policy.max_attempts else max(next_at - time.monotonic(), 0)
+                wait = None if sent >= limit else max(next_at - time.monotonic(), 0)
                 if deadline is not None:
                     left = max(deadline - time.monotonic(), 0.0) + 0.05
                     wait = left if wait is None else min(wait, left)
