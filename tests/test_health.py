@@ -154,7 +154,7 @@ async def test_a_broken_health_stream_is_retried_with_backoff() -> None:
 async def test_graceful_drain_in_flight_calls_finish_and_new_ones_go_elsewhere() -> None:
     async with GreeterFleet(3, faults=[Faults(delay_ms=200) for _ in range(3)]) as fleet:
         victim = fleet.servers[0]
-        victim.drain_delay_s = 1.0  # NOT_SERVING first, then stop accepting
+        victim.drain_delay_s = 3.0  # NOT_SERVING first, then stop accepting
         victim.grace_s = 5.0
         async with grpc_balancer.aio.insecure_channel(
             fleet.target(), service_config=health_config()
