@@ -17,6 +17,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+import grpc
 import pytest
 
 import grpc_balancer
@@ -77,17 +78,52 @@ class Greeter:
             return await self._in_thread(lambda: list(self._stub.SayHelloStream(request, **kwargs)))
         return [r async for r in self._stub.SayHelloStream(request, **kwargs)]
 
-    async def SayHelloToMany(self, requests: Iterable[Any], **kwargs: Any) -> Any:
+    async def SayHelloStreamOutcome(
+        self, request: Any, **kwargs: Any
+    ) -> tuple[list[Any], Any, grpc.StatusCode, tuple[Any, ...]]:
+        """Read a server stream to its end: (replies, the error raised while reading or
+        None, the call's code, its trailing metadata as pairs)."""
+        if self._sync:
+
+            def run() -> tuple[list[Any], Any, grpc.StatusCode, tuple[Any, ...]]:
+                call = self._stub.SayHelloStream(request, **kwargs)
+                replies: list[Any] = []
+                error = None
+                try:
+                    replies.extend(call)
+                except grpc.RpcError as err:
+                    error = err
+                trailers = tuple(tuple(item) for item in call.trailing_metadata() or ())
+                return replies, error, call.code(), trailers
+
+            return await self._in_thread(run)
+        call = self._stub.SayHelloStream(request, **kwargs)
+        replies, error = [], None
+        try:
+            replies = [r async for r in call]
+        except grpc.RpcError as err:
+            error = err
+        trailers = tuple(tuple(item) for item in await call.trailing_metadata())
+        return replies, error, await call.code(), trailers
+
+    async def SayHelloToMany(
+        self, requests: Iterable[Any], plain_iterator: bool = False, **kwargs: Any
+    ) -> Any:
+        """``plain_iterator``: give the asyncio stub a sync iterator, not an async one."""
         items = list(requests)
         if self._sync:
             return await self._in_thread(self._stub.SayHelloToMany, iter(items), **kwargs)
-        return await self._stub.SayHelloToMany(_aiter(items), **kwargs)
+        source = iter(items) if plain_iterator else _aiter(items)
+        return await self._stub.SayHelloToMany(source, **kwargs)
 
-    async def Chat(self, requests: Iterable[Any], **kwargs: Any) -> list[Any]:
+    async def Chat(
+        self, requests: Iterable[Any], plain_iterator: bool = False, **kwargs: Any
+    ) -> list[Any]:
         items = list(requests)
         if self._sync:
             return await self._in_thread(lambda: list(self._stub.Chat(iter(items), **kwargs)))
-        return [r async for r in self._stub.Chat(_aiter(items), **kwargs)]
+        source = iter(items) if plain_iterator else _aiter(items)
+        return [r async for r in self._stub.Chat(source, **kwargs)]
 
 
 async def _aiter(items: list[Any]) -> AsyncIterator[Any]:

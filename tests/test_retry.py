@@ -374,7 +374,20 @@ async def test_method_config_timeout_applies_and_the_smaller_deadline_wins(
             assert (await stub.SayHello(Req(name="t"), timeout=30)).message
 
 
-async def test_server_stream_retries_before_the_first_message() -> None:
+async def test_server_stream_retries_before_the_first_message(channel_kind: str) -> None:
+    async with _fleet_with_one_failing() as fleet:
+        bad = fleet.servers[0]
+        async with open_channel(channel_kind, fleet.target(), service_config=retry_config()) as ch:
+            assert await ch.wait_for_settled(10)
+            stub = ch.stub()
+            for _ in range(12):
+                replies, error, code, _ = await stub.SayHelloStreamOutcome(Req(name="s", count=3))
+                assert error is None and code is grpc.StatusCode.OK
+                assert len(replies) == 3 and port_of(replies[0].message) != bad.port
+    assert bad.servicer is not None and bad.servicer.calls > 0
+
+
+async def test_server_stream_retry_read_style() -> None:
     async with _fleet_with_one_failing() as fleet:
         bad = fleet.servers[0]
         async with grpc_balancer.aio.insecure_channel(
@@ -382,34 +395,30 @@ async def test_server_stream_retries_before_the_first_message() -> None:
         ) as ch:
             assert await ch.wait_for_settled(10)
             stub = greeter_pb2_grpc.GreeterStub(ch)
-            for _ in range(12):
-                call = stub.SayHelloStream(Req(name="s", count=3))
-                replies = [r.message async for r in call]
-                assert len(replies) == 3 and port_of(replies[0]) != bad.port
-                assert await call.code() is grpc.StatusCode.OK
-            # read() style too
-            call = stub.SayHelloStream(Req(name="s", count=2))
-            first, second, end = await call.read(), await call.read(), await call.read()
-            assert first.message.endswith("#1") and second.message.endswith("#2")
-            assert end is grpc.aio.EOF
-    assert bad.servicer is not None and bad.servicer.calls > 0
+            for _ in range(6):
+                call = stub.SayHelloStream(Req(name="s", count=2))
+                first, second, end = await call.read(), await call.read(), await call.read()
+                assert first.message.endswith("#1") and second.message.endswith("#2")
+                assert port_of(first.message) != bad.port
+                assert end is grpc.aio.EOF
 
 
-async def test_server_stream_failure_without_retry_left_reaches_the_reader() -> None:
+async def test_server_stream_failure_without_retry_left_reaches_the_reader(
+    channel_kind: str,
+) -> None:
     faults = [Faults(fail_rate=1.0) for _ in range(2)]
     async with (
         GreeterFleet(2, faults=faults) as fleet,
-        grpc_balancer.aio.insecure_channel(
-            fleet.target(), service_config=retry_config(max_attempts=2)
+        open_channel(
+            channel_kind, fleet.target(), service_config=retry_config(max_attempts=2)
         ) as ch,
     ):
-        stub = greeter_pb2_grpc.GreeterStub(ch)
-        call = stub.SayHelloStream(Req(name="s", count=3))
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            _ = [r async for r in call]
-        assert info.value.code() is UNAVAILABLE
-        assert await call.code() is UNAVAILABLE
-        assert ("grpc-previous-rpc-attempts", "1") in tuple(await call.trailing_metadata())
+        replies, error, code, trailers = await ch.stub().SayHelloStreamOutcome(
+            Req(name="s", count=3)
+        )
+        assert not replies and error is not None and error.code() is UNAVAILABLE
+        assert code is UNAVAILABLE
+        assert ("grpc-previous-rpc-attempts", "1") in trailers
 
 
 async def test_cancelling_a_call_during_backoff_stops_it() -> None:
@@ -428,24 +437,17 @@ async def test_cancelling_a_call_during_backoff_stops_it() -> None:
             await task
 
 
-async def test_client_stream_is_replayed_on_another_backend() -> None:
+async def test_client_stream_is_replayed_on_another_backend(channel_kind: str) -> None:
     fleet = _fleet_with_one_failing()
     async with (
         fleet,
-        grpc_balancer.aio.insecure_channel(fleet.target(), service_config=retry_config()) as ch,
+        open_channel(channel_kind, fleet.target(), service_config=retry_config()) as ch,
     ):
         assert await ch.wait_for_settled(10)
-        stub = greeter_pb2_grpc.GreeterStub(ch)
-
-        async def names() -> Any:
-            for n in ("a", "b", "c"):
-                await asyncio.sleep(0)
-                yield Req(name=n)
-
+        stub = ch.stub()
         for i in range(9):
-            source = names() if i % 2 else iter([Req(name=n) for n in ("a", "b", "c")])
-            call = stub.SayHelloToMany(source, timeout=10)
-            reply = await call
+            names = [Req(name=n) for n in ("a", "b", "c")]
+            reply = await stub.SayHelloToMany(names, plain_iterator=i % 2 == 0, timeout=10)
             # the retried attempt got every request message again
             assert reply.message.startswith("Hello a, b, c (from :")
             assert port_of(reply.message) != fleet.ports[0]
@@ -453,19 +455,21 @@ async def test_client_stream_is_replayed_on_another_backend() -> None:
     assert bad is not None and bad.calls > 0
 
 
-async def test_bidi_stream_with_an_iterator_retries_before_the_first_response() -> None:
+async def test_bidi_stream_with_an_iterator_retries_before_the_first_response(
+    channel_kind: str,
+) -> None:
     # The failing backend answers after a pause: had it failed while the client was still
     # writing, grpc.aio may report the write's local failure as INTERNAL instead.
     fleet = GreeterFleet(3, faults=[Faults(fail_rate=1.0, delay_ms=200), Faults(), Faults()])
     async with (
         fleet,
-        grpc_balancer.aio.insecure_channel(fleet.target(), service_config=retry_config()) as ch,
+        open_channel(channel_kind, fleet.target(), service_config=retry_config()) as ch,
     ):
         assert await ch.wait_for_settled(10)
-        stub = greeter_pb2_grpc.GreeterStub(ch)
+        stub = ch.stub()
         for _ in range(9):
-            call = stub.Chat(iter([Req(name="x"), Req(name="y")]), timeout=10)
-            replies = [r.message async for r in call]
+            chat = await stub.Chat([Req(name="x"), Req(name="y")], plain_iterator=True, timeout=10)
+            replies = [r.message for r in chat]
             assert [m.split(" (")[0] for m in replies] == ["Hello x", "Hello y"]
             assert port_of(replies[0]) != fleet.ports[0]
     bad = fleet.servers[0].servicer

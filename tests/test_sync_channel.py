@@ -4,6 +4,7 @@ asyncio channel is tested once for both kinds (tests/channels.py)."""
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import threading
@@ -348,3 +349,23 @@ def test_repr_names_target_policy_and_backends(fleet: ServerProcesses) -> None:
         assert "policy=round_robin" in text and "state=READY" in text
         for address in fleet.addresses:
             assert address in text
+
+
+def test_a_channel_dropped_without_close_stops_its_thread(fleet: ServerProcesses) -> None:
+    ch = grpc_balancer.insecure_channel(fleet.target())
+    stub = greeter_pb2_grpc.GreeterStub(ch)
+    stub.SayHello(Req(), timeout=10)
+    loop_thread = ch.loop_thread
+    del ch, stub
+    gc.collect()
+    wait_until(lambda: not loop_thread.is_alive())
+
+
+def test_capture_backend_names_the_backend_of_sync_calls(fleet: ServerProcesses) -> None:
+    with grpc_balancer.insecure_channel(fleet.target(), policy="round_robin") as ch:
+        stub = greeter_pb2_grpc.GreeterStub(ch)
+        with grpc_balancer.capture_backend() as seen:
+            reply = stub.SayHello(Req(name="c"), timeout=10)
+            stub.SayHello.future(Req(name="d"), timeout=10).result(10)
+        assert seen.address is not None and len(seen.addresses) == 2
+        assert seen.addresses[0] == f"127.0.0.1:{port_of(reply.message)}"

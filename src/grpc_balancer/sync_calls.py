@@ -37,6 +37,7 @@ from grpc_balancer.retry import (
     retry_delay_s,
 )
 from grpc_balancer.sync_future import BalancedFuture, CallWithAttempts, FailedCall
+from grpc_balancer.sync_streams import RequestReplay, RetryingStream
 
 if TYPE_CHECKING:
     from grpc_balancer.sync_channel import SyncBalancedChannel
@@ -324,6 +325,8 @@ class _UnaryResponse(_SyncMultiCallable):
         if channel._unusable is not None:
             channel.check_usable()
         record = self.record()
+        if not self.resendable and self._retry is not None:
+            request = RequestReplay(request)  # a request stream, kept for retries
         try:
             result = self._attempts(
                 request,
@@ -358,7 +361,9 @@ class _UnaryResponse(_SyncMultiCallable):
             )
         channel = self._channel
         info = PickInfo(self._method, metadata)
-        retry = self._retry if self.resendable else None
+        replay = request if isinstance(request, RequestReplay) else None
+        resendable = self.resendable or replay is not None
+        retry = self._retry if resendable else None
         transparent = 0
         attempts = 0  # attempts that reached a server (retryPolicy.maxAttempts counts these)
         while True:
@@ -367,19 +372,18 @@ class _UnaryResponse(_SyncMultiCallable):
             if record is not None:
                 record._subchannel = sc
             md = metadata_for(metadata, attempts)
+            sent = request if replay is None else replay.replay()
             try:
                 if with_call:
-                    result = inner.with_call(
-                        request, remaining, md, credentials, False, compression
-                    )
+                    result = inner.with_call(sent, remaining, md, credentials, False, compression)
                 else:
-                    result = inner(request, remaining, md, credentials, False, compression)
+                    result = inner(sent, remaining, md, credentials, False, compression)
             except grpc.RpcError as err:
                 code = _code(err)
                 sc.call_finished(started, code)
                 if code is _UNAVAILABLE:
                     sc.record_failure_detail(cast(grpc.Call, err).details() or "")
-                    if self.resendable and transparent < MAX_TRANSPARENT_RETRIES and _not_sent(err):
+                    if resendable and transparent < MAX_TRANSPARENT_RETRIES and _not_sent(err):
                         transparent += 1
                         info.exclude = info.exclude | {sc}
                         channel.core.emit("transparent_retry", sc, code)
@@ -543,6 +547,17 @@ class _StreamResponse(_SyncMultiCallable):
         compression: grpc.Compression | None = None,
     ) -> Any:
         self._channel.check_usable()
+        if self._retry is not None:
+            return RetryingStream(
+                self,
+                request,
+                self.deadline_of(timeout),
+                metadata,
+                credentials,
+                self.wait_for_ready_of(wait_for_ready),
+                compression,
+                self._retry,
+            )
         record = self.record()
         info = PickInfo(self._method, metadata)
         try:
@@ -560,16 +575,21 @@ class _StreamResponse(_SyncMultiCallable):
             self.closed_under_us(sc, started)
             raise
 
-        def done(attempt: Any) -> None:
-            code = attempt.code()
-            sc.call_finished(started, code)
-            if code is _UNAVAILABLE:
-                sc.record_failure_detail(attempt.details() or "")
-            self.finish_record(record, code)
+        def done() -> None:
+            self.finish_record(record, stream_done(sc, started, call))
 
-        if not call.add_callback(lambda: done(call)):
-            done(call)
+        if not call.add_callback(done):
+            done()
         return call
+
+
+def stream_done(sc: SyncSubchannel, started: float, call: Any) -> grpc.StatusCode:
+    """A streaming attempt ended: count it on its subchannel; its status code."""
+    code: grpc.StatusCode = call.code()
+    sc.call_finished(started, code)
+    if code is _UNAVAILABLE:
+        sc.record_failure_detail(call.details() or "")
+    return code
 
 
 class SyncUnaryStreamMultiCallable(_StreamResponse, _UnaryStreamBase):

@@ -70,6 +70,13 @@ class BalancedFuture(_CallFuture):
         self._callbacks: list[Callable[[BalancedFuture], None]] = []
         self._no_arg_callbacks: list[Callable[[], None]] = []
         self._record = mc.record()
+        self._replay: Any = None
+        self._resendable = mc.resendable
+        if not mc.resendable and mc._retry is not None:
+            from grpc_balancer.sync_streams import RequestReplay
+
+            self._replay = RequestReplay(request)  # a request stream, kept for retries
+            self._resendable = True
         if mc._hedging is not None and mc.resendable:
             self._hedge_in_thread()
         else:
@@ -164,7 +171,7 @@ class BalancedFuture(_CallFuture):
             return
         try:
             attempt = inner.future(
-                self._request,
+                self._request if self._replay is None else self._replay.replay(),
                 remaining,
                 metadata_for(self._metadata, self._attempts),
                 self._credentials,
@@ -195,11 +202,11 @@ class BalancedFuture(_CallFuture):
             return
         if code is _UNAVAILABLE:
             sc.record_failure_detail(attempt.details() or "")
-            if mc.resendable and not self._cancelled and never_reached_server(attempt):
+            if self._resendable and not self._cancelled and never_reached_server(attempt):
                 self._channel.core.emit("transparent_retry", sc, code)
                 self._again(sc, picker)
                 return
-        retry = mc._retry if mc.resendable else None
+        retry = mc._retry if self._resendable else None
         if retry is None or self._cancelled:
             self._finish(None, attempt)
             return
