@@ -18,6 +18,7 @@ from grpc_balancer.errors import (
 )
 from grpc_balancer.picker import Picker, PickInfo
 from grpc_balancer.policies.base import BasePolicy, ChannelControl, Policy, register_policy
+from grpc_balancer.policies.ring_hash import hash_key
 from grpc_balancer.resolvers.base import (
     Resolver,
     ResolverListener,
@@ -59,6 +60,7 @@ __all__ = [
     "__version__",
     "aio",
     "capture_backend",
+    "hash_key",
     "insecure_channel",
     "parse_target",
     "register_policy",

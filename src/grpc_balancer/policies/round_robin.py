@@ -1,7 +1,8 @@
 """round_robin: usable subchannels in turn, from a random start.
 
 A subchannel that drops leaves the rotation as soon as its state changes (the policy
-publishes a new picker) and rejoins when it is READY again.
+publishes a new picker) and rejoins when it is READY again. With ``slowStartConfig`` a
+backend that just became READY gets a growing share (see :mod:`.slow_start`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from grpc_balancer.picker import PickInfo, first_not_excluded
+from grpc_balancer.picker import Picker, PickInfo, first_not_excluded
+from grpc_balancer.policies._stride import StridePicker, scale_weights
 from grpc_balancer.policies.base import BasePolicy, ChannelControl, register_policy
+from grpc_balancer.policies.slow_start import FIELD as SLOW_START
+from grpc_balancer.policies.slow_start import SlowStart, parse_slow_start
 from grpc_balancer.subchannel import Subchannel
 
 NAME = "round_robin"
@@ -40,15 +44,32 @@ class RoundRobinPicker:
 
 class RoundRobinPolicy(BasePolicy):
     NAME = NAME
+    CONFIG_FIELDS = {SLOW_START}
 
     def __init__(
         self, control: ChannelControl, config: Mapping[str, Any], rng: random.Random | None = None
     ) -> None:
         super().__init__(control, config)
         self._rng = rng
+        slow = parse_slow_start(NAME, config)
+        self._slow_start = None if slow is None else SlowStart(slow, self.regenerate)
 
-    def build_picker(self, usable: list[Subchannel]) -> RoundRobinPicker:
+    def build_picker(self, usable: list[Subchannel]) -> Picker:
+        if self._slow_start is not None:
+            factors = self._slow_start.factors(usable)
+            scaled = None if factors is None else scale_weights(factors)
+            if scaled is not None:
+                return StridePicker(usable, scaled, self._rng)
         return RoundRobinPicker(usable, self._rng)
+
+    def endpoints_updated(self, ordered: list[Subchannel]) -> None:
+        if self._slow_start is not None:
+            self._slow_start.endpoints_updated(ordered)
+
+    def close(self) -> None:
+        super().close()
+        if self._slow_start is not None:
+            self._slow_start.close()
 
 
 register_policy(NAME, RoundRobinPolicy)

@@ -1,0 +1,71 @@
+"""Typed readers for policy config fields: every error names the policy and the field."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from grpc_balancer.errors import ServiceConfigError
+from grpc_balancer.method_config import parse_duration
+
+
+def duration(policy: str, config: Mapping[str, Any], name: str, default_s: float) -> float:
+    """A protobuf JSON duration such as ``"10s"`` (seconds as a float)."""
+    if name not in config:
+        return default_s
+    return parse_duration(f"{policy}: {name}", config[name])
+
+
+def number(
+    policy: str,
+    config: Mapping[str, Any],
+    name: str,
+    default: float,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    strict_minimum: bool = False,
+) -> float:
+    if name not in config:
+        return default
+    value = config[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ServiceConfigError(f"{policy}: {name} must be a number, got {value!r}")
+    if minimum is not None and (value <= minimum if strict_minimum else value < minimum):
+        relation = ">" if strict_minimum else ">="
+        raise ServiceConfigError(f"{policy}: {name} must be {relation} {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ServiceConfigError(f"{policy}: {name} must be <= {maximum}, got {value!r}")
+    return float(value)
+
+
+def integer(
+    policy: str, config: Mapping[str, Any], name: str, default: int, *, minimum: int = 0
+) -> int:
+    if name not in config:
+        return default
+    value = config[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ServiceConfigError(f"{policy}: {name} must be a whole number, got {value!r}")
+    if value < minimum:
+        raise ServiceConfigError(f"{policy}: {name} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def boolean(policy: str, config: Mapping[str, Any], name: str, default: bool) -> bool:
+    if name not in config:
+        return default
+    value = config[name]
+    if not isinstance(value, bool):
+        raise ServiceConfigError(f"{policy}: {name} must be true or false, got {value!r}")
+    return value
+
+
+def string(policy: str, config: Mapping[str, Any], name: str, default: str) -> str:
+    if name not in config:
+        return default
+    value = config[name]
+    if not isinstance(value, str):
+        raise ServiceConfigError(f"{policy}: {name} must be a string, got {value!r}")
+    return value

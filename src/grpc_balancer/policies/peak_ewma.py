@@ -1,0 +1,186 @@
+"""peak_ewma (Finagle, Linkerd): power of two choices on ``latency x (in-flight + 1)``.
+
+The latency estimate is peak-sensitive: a slower sample replaces it at once, faster
+samples pull it down with time constant ``decayTime`` (10 s), and while a backend is not
+picked its estimate decays too, so an avoided backend is tried again later. Rules that
+keep it safe:
+
+* a failure counts as a slow sample (at least ``failurePenalty``, 1 s), so a backend
+  that fails fast never looks attractive; a cancelled call teaches nothing;
+* a new backend, or one whose last sample is older than ``decayTime``, is probed with
+  one call at a time until replies tell how fast it is (no flood on an unknown server;
+  the first reply may include connection setup, so it is provisional);
+* a backend with calls in flight is at least as slow as the time since it last
+  answered (or since it got busy): a backend that stalls stops attracting calls within
+  milliseconds, long before the first stuck call times out and reports.
+
+Config: ``choiceCount`` (2..10), ``decayTime``, ``failurePenalty``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import grpc
+
+from grpc_balancer.errors import ServiceConfigError
+from grpc_balancer.picker import PickInfo, first_not_excluded
+from grpc_balancer.policies import _config
+from grpc_balancer.policies.base import BasePolicy, ChannelControl, register_policy
+from grpc_balancer.policies.least_request import parse_choice_count, sample_distinct
+from grpc_balancer.subchannel import Subchannel
+
+NAME = "peak_ewma"
+_ATTR = "peak_ewma"
+_INF = math.inf
+_CANCELLED = grpc.StatusCode.CANCELLED
+_OK = grpc.StatusCode.OK
+
+
+class LatencyEstimate:
+    """Peak EWMA of one backend's latency, with failures counted as slow samples."""
+
+    __slots__ = ("busy_since", "decay_s", "penalty_s", "samples", "stamp", "value_s")
+
+    def __init__(self, decay_s: float, penalty_s: float) -> None:
+        self.decay_s = decay_s
+        self.penalty_s = penalty_s
+        self.value_s = 0.0
+        self.stamp = 0.0
+        self.samples = 0
+        #: when the backend last went from idle to busy (set by the picker)
+        self.busy_since = 0.0
+
+    def at(self, now: float) -> float:
+        """The estimate decayed to ``now`` (decays toward zero while nothing is learnt)."""
+        return self.value_s * math.exp(-max(now - self.stamp, 0.0) / self.decay_s)
+
+    def observe(self, rtt_s: float, now: float) -> None:
+        if self.samples < 2:
+            self.value_s = rtt_s  # the first reply may carry connection setup: provisional
+        else:
+            w = math.exp(-max(now - self.stamp, 0.0) / self.decay_s)
+            current = self.value_s * w
+            self.value_s = rtt_s if rtt_s > current else current + (rtt_s - current) * (1.0 - w)
+        self.stamp = now
+        self.samples += 1
+
+    def on_call(self, sc: Subchannel, latency_s: float, code: grpc.StatusCode, now: float) -> None:
+        if code is _OK:
+            self.observe(latency_s, now)
+        elif code is not _CANCELLED:
+            self.observe(max(latency_s, self.penalty_s), now)
+
+    def __repr__(self) -> str:
+        return f"<LatencyEstimate {self.value_s * 1000:.2f}ms n={self.samples}>"
+
+
+class PeakEwmaPicker:
+    __slots__ = ("_choices", "_clock", "_estimates", "_n", "_rand", "_subchannels")
+
+    def __init__(
+        self,
+        subchannels: Sequence[Subchannel],
+        estimates: Sequence[LatencyEstimate],
+        choices: int,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._subchannels = tuple(subchannels)
+        self._estimates = tuple(estimates)
+        self._n = len(self._subchannels)
+        self._choices = choices
+        self._rand = (rng or random.Random()).random
+        self._clock = clock
+
+    def cost(self, i: int, now: float) -> float:
+        est = self._estimates[i]
+        in_flight = self._subchannels[i].in_flight
+        if est.samples < 2 or now - est.stamp > est.decay_s:
+            # unknown (two replies needed) or stale: one probe at a time
+            return (est.at(now) if est.samples else 0.0) if in_flight == 0 else _INF
+        if in_flight == 0:
+            return est.at(now)
+        silent = now - (est.stamp if est.stamp > est.busy_since else est.busy_since)
+        latency = est.at(now)
+        return (silent if silent > latency else latency) * (in_flight + 1)
+
+    def pick(self, info: PickInfo) -> Subchannel | None:
+        n = self._n
+        if n == 1:
+            best = 0
+        else:
+            now = self._clock()
+            best, best_cost = -1, _INF
+            for i in sample_distinct(self._rand, n, self._choices):
+                c = self.cost(i, now)
+                if best < 0 or c < best_cost:
+                    best, best_cost = i, c
+            if self._subchannels[best].in_flight == 0:
+                self._estimates[best].busy_since = now
+        sc = self._subchannels[best]
+        if info.exclude and sc in info.exclude:
+            return first_not_excluded(self._subchannels, best, info.exclude)
+        return sc
+
+    def __repr__(self) -> str:
+        pairs = [
+            f"{sc.address}={est!r}"
+            for sc, est in zip(self._subchannels, self._estimates, strict=True)
+        ]
+        return f"<PeakEwmaPicker {pairs}>"
+
+
+class PeakEwmaPolicy(BasePolicy):
+    NAME = NAME
+    CONFIG_FIELDS = {"choiceCount", "decayTime", "failurePenalty"}
+
+    def __init__(
+        self,
+        control: ChannelControl,
+        config: Mapping[str, Any],
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(control, config)
+        self.choice_count = parse_choice_count(NAME, config)
+        self.decay_s = _config.duration(NAME, config, "decayTime", 10.0)
+        if self.decay_s <= 0:
+            raise ServiceConfigError(f"{NAME}: decayTime must be greater than 0s")
+        self.penalty_s = _config.duration(NAME, config, "failurePenalty", 1.0)
+        self._rng = rng
+        self._clock = clock
+
+    def estimate(self, sc: Subchannel) -> LatencyEstimate:
+        est = sc.attrs.get(_ATTR)
+        if not isinstance(est, LatencyEstimate):
+            est = LatencyEstimate(self.decay_s, self.penalty_s)
+            sc.attrs[_ATTR] = est
+        return est
+
+    def subchannel_added(self, subchannel: Subchannel) -> None:
+        est = self.estimate(subchannel)
+        clock = self._clock
+
+        def observe(sc: Subchannel, latency_s: float, code: grpc.StatusCode) -> None:
+            est.on_call(sc, latency_s, code, clock())
+
+        subchannel.attrs[_ATTR + ".observer"] = observe
+        subchannel.call_observers.append(observe)
+        super().subchannel_added(subchannel)
+
+    def subchannel_removed(self, subchannel: Subchannel) -> None:
+        observe = subchannel.attrs.pop(_ATTR + ".observer", None)
+        if observe in subchannel.call_observers:
+            subchannel.call_observers.remove(observe)
+
+    def build_picker(self, usable: list[Subchannel]) -> PeakEwmaPicker:
+        estimates = [self.estimate(sc) for sc in usable]
+        return PeakEwmaPicker(usable, estimates, self.choice_count, self._rng, self._clock)
+
+
+register_policy(NAME, PeakEwmaPolicy)
