@@ -78,3 +78,20 @@ async def test_capture_of_a_call_that_reached_no_backend() -> None:
         with grpc_balancer.capture_backend() as seen, pytest.raises(grpc.aio.AioRpcError):
             await stub.SayHello(Req(name="x"), timeout=10)
         assert len(seen.calls) == 1
+
+
+def test_capture_backend_with_the_sync_channel() -> None:
+    from grpc_balancer.testing import ServerProcesses
+
+    with (
+        ServerProcesses(2) as fleet,
+        grpc_balancer.insecure_channel(fleet.target(), policy="round_robin") as ch,
+    ):
+        assert ch.wait_for_settled(10)
+        stub = greeter_pb2_grpc.GreeterStub(ch)
+        ports = []
+        with grpc_balancer.capture_backend() as seen:
+            for _ in range(4):
+                ports.append(port_of(stub.SayHello(Req(name="sync"), timeout=10).message))
+        assert [_port(a) for a in seen.addresses] == ports
+        assert set(ports) == {s.port for s in fleet.servers}

@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import subprocess
 import sys
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -363,3 +364,48 @@ def test_otel_without_the_extra_says_what_to_install() -> None:
         [sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=60
     )
     assert "pip install 'grpc-balancer[otel]'" in result.stdout, result.stderr
+
+
+async def test_health_state_per_backend(scrape: Scraper, fleet3: GreeterFleet) -> None:
+    config = {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": "greeter.Greeter"},
+    }
+    target = fleet3.target()
+    async with grpc_balancer.aio.insecure_channel(target, service_config=config) as ch:
+        await eventually(lambda: all(sc.health == "SERVING" for sc in ch.subchannels), timeout=30)
+        samples = await scrape()
+    for backend in fleet3.addresses:
+        labels = {"grpc_target": target, "grpc_lb_backend": backend}
+        assert value(samples, "grpc_lb_subchannel_health", health="SERVING", **labels) == 1
+        assert value(samples, "grpc_lb_subchannel_health", health="UNCHECKED", **labels) == 0
+
+
+async def test_sync_channel_call_series(scrape: Scraper) -> None:
+    from grpc_balancer.testing import ServerProcesses
+
+    def calls_by_backend(target: str) -> dict[str, int]:
+        return {
+            backend: sum(h.count for h in series.calls.values())
+            for backend, series in metrics.snapshot(target).items()
+        }
+
+    def run(target: str) -> tuple[Counter[str], dict[str, int]]:
+        seen: Counter[str] = Counter()
+        with grpc_balancer.insecure_channel(target, policy="round_robin") as ch:
+            assert ch.wait_for_settled(10)
+            stub = greeter_pb2_grpc.GreeterStub(ch)
+            for _ in range(6):
+                with grpc_balancer.capture_backend() as cap:
+                    stub.SayHello(Req(name="sync"), timeout=10)
+                seen[cap.address or ""] += 1
+            # call-level series are recorded on the channel's loop thread
+            deadline = time.monotonic() + 10
+            while sum(calls_by_backend(target).values()) < 6 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return seen, calls_by_backend(target)
+
+    with ServerProcesses(2) as fleet:
+        seen, recorded = await asyncio.to_thread(run, fleet.target())
+    assert sum(seen.values()) == 6 and set(seen) == set(fleet.addresses)
+    assert recorded == dict(seen)
