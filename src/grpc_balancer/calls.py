@@ -479,6 +479,8 @@ class BalancedUnaryUnaryCall(_CallBase, grpc.aio.UnaryUnaryCall[Any, Any]):
                 sc.call_finished(started, grpc.StatusCode.CANCELLED)
                 raise
             sc.call_finished(started, grpc.StatusCode.OK)
+            if sc.trailer_observers:  # ORCA load reports (weighted_round_robin)
+                sc.trailers_received(await attempt.trailing_metadata())
             if retry is not None:
                 record_success(self._channel.throttle)
             return response
@@ -575,6 +577,8 @@ async def _run_attempt(sc: Subchannel, attempt: Any) -> tuple[Any, grpc.aio.AioR
         sc.call_finished(started, grpc.StatusCode.CANCELLED)
         raise
     sc.call_finished(started, grpc.StatusCode.OK)
+    if sc.trailer_observers:
+        sc.trailers_received(await attempt.trailing_metadata())
     return response, None
 
 
@@ -713,6 +717,8 @@ class _StreamingCall(_CallBase):
         sc.call_finished(started, code)
         if code is grpc.StatusCode.UNAVAILABLE:
             sc.record_failure_detail(await attempt.details() or "")
+        if sc.trailer_observers and code is grpc.StatusCode.OK:
+            sc.trailers_received(await attempt.trailing_metadata())
         self._final_code = code
         self._finish(None)
 

@@ -27,6 +27,7 @@ from grpc_balancer.errors import BalancerConfigError
 from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.greeter.servicer import Faults
 from grpc_balancer.server.greeter_server import GreeterServer, serve_forever
+from grpc_balancer.server.load_reports import LoadReporter
 from grpc_balancer.server.registration import RegistrationError
 from grpc_balancer.target import parse_port
 
@@ -86,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--grace", type=float, default=5.0, help="seconds for in-flight calls on stop"
     )
     _add_fault_args(serve)
+    serve.add_argument(
+        "--orca",
+        action="store_true",
+        help="send ORCA load reports (trailer and out-of-band) for weighted_round_robin",
+    )
     add_register_args(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -181,7 +187,11 @@ def server_port_from_env() -> int:
 # -- serve ---------------------------------------------------------------------------------------
 async def cmd_serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else server_port_from_env()
-    server = GreeterServer(port, args.host, faults=faults_from_args(args), grace_s=args.grace)
+    faults = faults_from_args(args)
+    reporter = LoadReporter(capacity=faults.max_concurrency) if args.orca else None
+    server = GreeterServer(
+        port, args.host, faults=faults, grace_s=args.grace, load_reporter=reporter
+    )
     hooks = registration_hooks(args)  # --register: validated before the server starts
     print(f"🚀 Starting the load-balanced gRPC server on :{port}...", flush=True)
     try:

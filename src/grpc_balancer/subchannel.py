@@ -71,6 +71,9 @@ class Subchannel:
         self.attrs: dict[str, Any] = {}
         #: Called as ``observer(subchannel, latency_s, code)`` when a call finishes.
         self.call_observers: list[Callable[[Subchannel, float, grpc.StatusCode], None]] = []
+        #: Called as ``observer(subchannel, trailing_metadata)`` when a call on this
+        #: subchannel ends (ORCA load reports); the calls skip the lookup when empty.
+        self.trailer_observers: list[Callable[[Subchannel, Any], None]] = []
         self.callables: dict[tuple[Any, ...], Any] = {}
         self._watch_task: asyncio.Task[None] | None = None
         self._closing = False
@@ -205,6 +208,11 @@ class Subchannel:
             observer(self, latency, code)
         if self._closing and self.in_flight == 0:
             self._close_now()
+
+    def trailers_received(self, trailers: Any) -> None:
+        """A call here ended with ``trailers``; only called when there are observers."""
+        for observer in self.trailer_observers:
+            observer(self, trailers)
 
     # -- shutdown ----------------------------------------------------------------------
     def shutdown(self) -> None:

@@ -25,6 +25,7 @@ from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.greeter.servicer import Faults
 from grpc_balancer.resolvers.base import ResolverListener, ResolverOptions, register_resolver
 from grpc_balancer.server.greeter_server import GreeterServer
+from grpc_balancer.server.load_reports import LoadReporter
 from grpc_balancer.target import Target
 
 _ids = itertools.count(1)
@@ -112,9 +113,20 @@ def manual_resolver(initial: Sequence[str | Endpoint] | None = None) -> ManualRe
 class GreeterFleet:
     """N in-process greeter servers on 127.0.0.1 ephemeral ports."""
 
-    def __init__(self, n: int, faults: Sequence[Faults] | None = None) -> None:
+    def __init__(
+        self, n: int, faults: Sequence[Faults] | None = None, *, orca: bool = False
+    ) -> None:
+        """``orca``: each server sends ORCA load reports (capacity = its max_concurrency)."""
         self.servers = [
-            GreeterServer(0, "127.0.0.1", faults=faults[i] if faults else None, grace_s=0.5)
+            GreeterServer(
+                0,
+                "127.0.0.1",
+                faults=faults[i] if faults else None,
+                grace_s=0.5,
+                load_reporter=LoadReporter(capacity=faults[i].max_concurrency if faults else 0)
+                if orca
+                else None,
+            )
             for i in range(n)
         ]
 

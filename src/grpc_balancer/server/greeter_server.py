@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.greeter.servicer import SERVICE_NAME, Faults, GreeterServicer
+from grpc_balancer.server.load_reports import LoadReporter
 
 log = logging.getLogger("grpc_balancer.server")
 
@@ -37,6 +38,7 @@ class GreeterServer:
         faults: Faults | None = None,
         grace_s: float = 5.0,
         drain_delay_s: float = 0.0,
+        load_reporter: LoadReporter | None = None,
     ) -> None:
         self.host = host
         self.requested_port = port
@@ -44,6 +46,8 @@ class GreeterServer:
         self.faults = faults or Faults()
         self.grace_s = grace_s
         self.drain_delay_s = drain_delay_s
+        #: ORCA load reports (trailer + out-of-band service) when set; see load_reports.py
+        self.load_reporter = load_reporter
         self.health = HealthServicer()
         self.servicer: GreeterServicer | None = None
         self._server: grpc.aio.Server | None = None
@@ -55,7 +59,13 @@ class GreeterServer:
         return f"{host}:{self.port}"
 
     async def start(self) -> int:
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        reporter = self.load_reporter
+        server = grpc.aio.server(
+            interceptors=None if reporter is None else [reporter.interceptor()],
+            options=[("grpc.so_reuseport", 0)],
+        )
+        if reporter is not None:
+            reporter.add_oob_service(server)
         port = server.add_insecure_port(f"{self.address.rsplit(':', 1)[0]}:{self.requested_port}")
         if port == 0:
             raise OSError(f"cannot bind {self.host}:{self.requested_port} (port in use?)")
