@@ -369,3 +369,59 @@ def test_capture_backend_names_the_backend_of_sync_calls(fleet: ServerProcesses)
             stub.SayHello.future(Req(name="d"), timeout=10).result(10)
         assert seen.address is not None and len(seen.addresses) == 2
         assert seen.addresses[0] == f"127.0.0.1:{port_of(reply.message)}"
+
+
+def test_many_threads_waiting_for_a_backend_all_proceed_when_it_appears() -> None:
+    server = ServerProcess()
+    with grpc_balancer.insecure_channel(f"static:///{server.address}") as ch:
+        stub = greeter_pb2_grpc.GreeterStub(ch)
+        waiting = [
+            stub.SayHello.future(Req(name=str(i)), timeout=60, wait_for_ready=True)
+            for i in range(8)
+        ]
+        blocked: list[Any] = []
+        runner = threading.Thread(
+            target=lambda: blocked.extend(
+                run_threads(8, lambda i: stub.SayHello(Req(), timeout=60, wait_for_ready=True))
+            )
+        )
+        runner.start()
+        wait_until(lambda: ch.get_state() is grpc.ChannelConnectivity.TRANSIENT_FAILURE)
+        assert not any(f.done() for f in waiting) and runner.is_alive()
+        server.start()
+        try:
+            for future in waiting:
+                assert future.result(60).message.endswith(f"(from :{server.port})")
+            runner.join(60)
+        finally:
+            server.kill()
+        assert not runner.is_alive() and len(blocked) == 8
+
+
+def test_close_ends_calls_waiting_for_a_backend_with_a_clear_status(
+    thread_baseline: set[threading.Thread],
+) -> None:
+    ch = grpc_balancer.insecure_channel(f"static:///127.0.0.1:{free_port()}")
+    stub = greeter_pb2_grpc.GreeterStub(ch)
+    future = stub.SayHello.future(Req(), timeout=60, wait_for_ready=True)
+
+    def blocked_call(i: int) -> str:
+        try:
+            stub.SayHello(Req(), timeout=60, wait_for_ready=True)
+        except grpc_balancer.ChannelClosedError:
+            return "closed"
+        except grpc.RpcError as err:
+            call: Any = err
+            return f"{call.code().name}: {call.details()}"
+        return "OK"
+
+    results: list[str] = []
+    runner = threading.Thread(target=lambda: results.extend(run_threads(4, blocked_call)))
+    runner.start()
+    wait_until(lambda: ch.get_state() is grpc.ChannelConnectivity.TRANSIENT_FAILURE)
+    ch.close()
+    runner.join(30)
+    assert not runner.is_alive()
+    for outcome in [*results, f"{future.code().name}: {future.details()}"]:
+        assert outcome == "closed" or outcome.startswith("CANCELLED: channel closed"), outcome
+    wait_until(lambda: not (set(threading.enumerate()) - thread_baseline))
