@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 
 from grpc_balancer.testing import ServerProcesses, cli_env
 
@@ -91,3 +92,37 @@ def test_status_every_interval_on_stderr() -> None:
     headers = [ln for ln in result.stderr.splitlines() if ln.startswith(f"target {fleet.target()}")]
     assert len(headers) >= 2  # 2 s of calls, a report every 0.3 s
     assert not any(ln.startswith("target ") for ln in result.stdout.splitlines())
+
+
+def test_metrics_port_serves_while_the_calls_run() -> None:
+    with ServerProcesses(2) as fleet:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "grpc_balancer", "call", "--target", fleet.target(),
+                "-n", "400", "--rate", "20", "--metrics-port", "0",
+            ],
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            url = None
+            while url is None:
+                line = proc.stdout.readline()
+                assert line, "no metrics URL printed"
+                match = re.search(r"Metrics on (http://127\.0\.0\.1:\d+/metrics)", line)
+                url = match.group(1) if match else None
+            while "Response from server" not in proc.stdout.readline():
+                assert proc.poll() is None
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                text = resp.read().decode()
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait()
+    for address in fleet.addresses:
+        assert f'grpc_lb_backend="{address}"' in text
+    assert "grpc_client_attempt_started_total{" in text
