@@ -119,3 +119,20 @@ def test_sync_channel_status_and_backend_series() -> None:
             assert attempts() == 6
     finally:
         metrics.disable()
+
+
+@pytest.mark.parametrize("policy", ["round_robin", "weighted_round_robin"])
+async def test_status_shows_the_weights_in_use(fleet3: GreeterFleet, policy: str) -> None:
+    from grpc_balancer.endpoint import Endpoint
+
+    weights = (1, 3, 0)
+    resolver = manual_resolver(
+        [Endpoint(a, weight=w) for a, w in zip(fleet3.addresses, weights, strict=True)]
+    )
+    async with grpc_balancer.aio.insecure_channel(resolver.target, policy=policy) as ch:
+        assert await ch.wait_for_settled(10)
+        got = {s.address: s.weight for s in ch.status().subchannels}
+    expected = dict(zip(fleet3.addresses, map(float, weights), strict=True))
+    if policy == "weighted_round_robin":
+        expected[fleet3.addresses[2]] = 1e-9  # "rarely", as the policy uses it
+    assert got == expected

@@ -73,20 +73,44 @@ def channel_status(channel: BalancedChannel) -> ChannelStatus:
         resolver_state = RESOLVED
     else:
         resolver_state = RESOLVING
+    subchannels = channel.subchannels
     return ChannelStatus(
         target=channel.target,
         state=channel.get_state().name,
         policy=channel.config.policy,
         resolver_state=resolver_state,
         resolver_error=error,
-        subchannels=tuple(_subchannel_status(sc) for sc in channel.subchannels),
+        subchannels=tuple(
+            _subchannel_status(sc, weight)
+            for sc, weight in zip(subchannels, _weights(channel, subchannels), strict=True)
+        ),
     )
 
 
-def _subchannel_status(sc: Subchannel) -> SubchannelStatus:
-    weight = sc.attrs.get("weight")
-    if not isinstance(weight, int | float) or isinstance(weight, bool):
-        weight = sc.endpoint.weight
+def _weights(channel: BalancedChannel, subchannels: list[Subchannel]) -> list[float]:
+    """The policy's own weights when it has some (weighted_round_robin's
+    ``current_weights``: ORCA or discovery; unknown ones count as the mean, as the
+    policy does), else ``attrs["weight"]``, else the endpoint's weight."""
+    current = getattr(channel._policy, "current_weights", None)
+    if callable(current) and subchannels:
+        try:
+            found = [w if isinstance(w, int | float) else None for w in current(subchannels)]
+        except Exception:  # a policy's introspection must never break status()
+            found = []
+        known = [w for w in found if w is not None]
+        if len(found) == len(subchannels) and known:
+            mean = sum(known) / len(known)
+            return [float(mean if w is None else w) for w in found]
+    out = []
+    for sc in subchannels:
+        weight = sc.attrs.get("weight")
+        if not isinstance(weight, int | float) or isinstance(weight, bool):
+            weight = sc.endpoint.weight
+        out.append(float(weight))
+    return out
+
+
+def _subchannel_status(sc: Subchannel, weight: float) -> SubchannelStatus:
     return SubchannelStatus(
         address=sc.address,
         connectivity=sc.connectivity.name,
@@ -97,7 +121,7 @@ def _subchannel_status(sc: Subchannel) -> SubchannelStatus:
         calls_started=sc.calls_started,
         calls_failed=sc.calls_failed,
         latency_ms=sc.latency.value_s * 1000.0 if sc.latency.samples else None,
-        weight=float(weight),
+        weight=weight,
         last_error=sc.last_error,
     )
 
