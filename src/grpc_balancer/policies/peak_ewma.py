@@ -37,6 +37,7 @@ from grpc_balancer.subchannel import Subchannel
 NAME = "peak_ewma"
 _ATTR = "peak_ewma"
 _INF = math.inf
+_exp = math.exp
 _CANCELLED = grpc.StatusCode.CANCELLED
 _OK = grpc.StatusCode.OK
 
@@ -57,7 +58,10 @@ class LatencyEstimate:
 
     def at(self, now: float) -> float:
         """The estimate decayed to ``now`` (decays toward zero while nothing is learnt)."""
-        return self.value_s * math.exp(-max(now - self.stamp, 0.0) / self.decay_s)
+        elapsed = now - self.stamp
+        if elapsed < 0.001:  # skip exp() when the sample is fresh (busy backends)
+            return self.value_s
+        return self.value_s * _exp(-elapsed / self.decay_s)
 
     def observe(self, rtt_s: float, now: float) -> None:
         if self.samples < 2:
@@ -115,11 +119,20 @@ class PeakEwmaPicker:
             best = 0
         else:
             now = self._clock()
-            best, best_cost = -1, _INF
-            for i in sample_distinct(self._rand, n, self._choices):
-                c = self.cost(i, now)
-                if best < 0 or c < best_cost:
-                    best, best_cost = i, c
+            cost = self.cost
+            if self._choices == 2:
+                rand = self._rand
+                a = int(rand() * n)
+                b = int(rand() * (n - 1))
+                if b >= a:
+                    b += 1
+                best = a if cost(a, now) <= cost(b, now) else b
+            else:
+                best, best_cost = -1, _INF
+                for i in sample_distinct(self._rand, n, self._choices):
+                    c = cost(i, now)
+                    if best < 0 or c < best_cost:
+                        best, best_cost = i, c
             if self._subchannels[best].in_flight == 0:
                 self._estimates[best].busy_since = now
         sc = self._subchannels[best]
