@@ -150,6 +150,10 @@ async def scenario2(scale: float) -> dict[str, Any]:
     ]
     res = await run_variants([FAST] * 5, variants, 300, stall_at + stall_s + 2, 1.0, events)
     s = {k: v.summary() for k, v in res.items()}
+    for k, v in res.items():  # when the failures happened (s after the stall began)
+        s[k]["failures_at_s"] = sorted(
+            {round(t - stall_at, 1) for t, lat, _ in v.calls if lat is None}
+        )[:40]
     payload = {
         "title": f"S2: one of 5 stalls at 2 s for {stall_s:.0f} s, 1 s deadline, 300/s",
         "results": s,

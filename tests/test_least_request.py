@@ -83,3 +83,11 @@ def test_choice_count_above_ten_is_capped() -> None:
         service_config={"loadBalancingConfig": [{"least_request": {"choiceCount": 50}}]},
     )
     assert ch._policy.choice_count == 10  # type: ignore[union-attr]
+
+
+def test_slow_start_factor_limits_a_warming_backends_share() -> None:
+    subs = fake_subchannels(5)
+    picker = LeastRequestPicker(subs, 2, random.Random(5), factors=[1, 1, 1, 0.01, 0.01])
+    picked = [picker.pick(PickInfo("/m")) for _ in range(5000)]
+    cold = sum(sc in subs[3:] for sc in picked)
+    assert 0 < cold < 100  # ~1% of a fair share each, not the 40% plain P2C gives them

@@ -24,6 +24,7 @@ from grpc_balancer.subchannel import Subchannel
 
 NAME = "least_request"
 MAX_CHOICES = 10
+_SLOW_START_TRIES = 4
 
 
 def parse_choice_count(policy: str, config: Mapping[str, Any]) -> int:
@@ -86,15 +87,22 @@ class LeastRequestPicker:
 
     def _best(self, candidates: list[int]) -> int:
         """Fewest in flight wins; a warming backend (slow start) is taken only with
-        probability equal to its factor, else the next candidate is considered."""
+        probability equal to its factor, else the next candidate is considered (and if
+        all are refused, a few fresh samples are tried)."""
         subchannels = self._subchannels
         ordered = sorted(candidates, key=lambda i: subchannels[i].in_flight)
         factors = self._factors
-        if factors is not None:
-            rand = self._rand
+        if factors is None:
+            return ordered[0]
+        rand = self._rand
+        for _ in range(_SLOW_START_TRIES):
             for i in ordered:
                 if factors[i] >= 1.0 or rand() < factors[i]:
                     return i
+            ordered = sorted(
+                sample_distinct(rand, self._n, self._choices),
+                key=lambda i: subchannels[i].in_flight,
+            )
         return ordered[0]
 
     def __repr__(self) -> str:

@@ -38,6 +38,9 @@ NAME = "peak_ewma"
 _ATTR = "peak_ewma"
 _INF = math.inf
 _exp = math.exp
+#: No reply for this many times the estimate while busy means "stalled"; smaller gaps
+#: are ordinary jitter or a busy client event loop, not the backend.
+_SILENT_FACTOR = 8.0
 _CANCELLED = grpc.StatusCode.CANCELLED
 _OK = grpc.StatusCode.OK
 
@@ -111,7 +114,9 @@ class PeakEwmaPicker:
             return est.at(now)
         silent = now - (est.stamp if est.stamp > est.busy_since else est.busy_since)
         latency = est.at(now)
-        return (silent if silent > latency else latency) * (in_flight + 1)
+        if silent > _SILENT_FACTOR * latency:  # far slower than usual: stalled
+            latency = silent
+        return latency * (in_flight + 1)
 
     def pick(self, info: PickInfo) -> Subchannel | None:
         n = self._n
