@@ -171,6 +171,12 @@ async def scenario3(scale: float) -> dict[str, Any]:
         ("least_request choiceCount=3", "ours", lb("least_request", choiceCount=3), _all),
         ("peak_ewma", "ours", PE, _all),
         ("peak_ewma choiceCount=3", "ours", PE3, _all),
+        (
+            "peak_ewma choiceCount=3 decayTime=1s",
+            "ours",
+            lb("peak_ewma", choiceCount=3, decayTime="1s"),
+            _all,
+        ),
         ("oracle (slow removed)", "ours", RR, lambda a: a[2:]),
     ]
     res = await run_variants([SLOW, SLOW, *[FAST] * 3], variants, 400, 14 * scale, 2.0)

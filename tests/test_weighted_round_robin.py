@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 
 import grpc
@@ -13,7 +14,7 @@ from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.greeter.servicer import Faults
 from grpc_balancer.orca import OrcaLoadReport, report_from_trailers, weight_from_report
 from grpc_balancer.policies.weighted_round_robin import BackendWeight
-from grpc_balancer.testing import GreeterFleet, manual_resolver
+from grpc_balancer.testing import GreeterFleet, ServerProcess, manual_resolver
 from tests.helpers import counts, eventually, say_hello_ports
 from tests.policy_helpers import burst
 
@@ -139,3 +140,19 @@ def test_config_errors_name_the_field(fields: dict[str, object], field: str) -> 
             "static:///127.0.0.1:1",
             service_config={"loadBalancingConfig": [{"weighted_round_robin": fields}]},
         )
+
+
+async def test_serve_orca_flag_sends_reports() -> None:
+    server = ServerProcess(args=["--orca", "--max-concurrency", "2"])
+    try:
+        await asyncio.to_thread(server.start)
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            call = greeter_pb2_grpc.GreeterStub(ch).SayHello(
+                greeter_pb2.HelloRequest(name="o"), timeout=5
+            )
+            await call
+            report = report_from_trailers(await call.trailing_metadata())
+    finally:
+        server.kill()
+    assert report is not None
+    assert report.rps_fractional > 0
