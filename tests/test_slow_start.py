@@ -21,7 +21,7 @@ def test_envoy_formula() -> None:
     assert steep.factor(2.5) == pytest.approx(0.5)  # (0.25) ** (1 / 2)
 
 
-@pytest.mark.parametrize("policy", ["round_robin", "least_request"])
+@pytest.mark.parametrize("policy", ["round_robin", "least_request", "weighted_round_robin"])
 async def test_new_backend_ramps_up(policy: str) -> None:
     config = {"loadBalancingConfig": [{policy: {"slowStartConfig": {"slowStartWindow": "6s"}}}]}
     async with GreeterFleet(3) as fleet:

@@ -15,6 +15,7 @@ from grpc_balancer.greeter.servicer import Faults
 from grpc_balancer.orca import OrcaLoadReport, report_from_trailers, weight_from_report
 from grpc_balancer.policies.weighted_round_robin import BackendWeight
 from grpc_balancer.testing import GreeterFleet, ServerProcess, manual_resolver
+from tests.channels import open_channel
 from tests.helpers import counts, eventually, say_hello_ports
 from tests.policy_helpers import burst
 
@@ -156,3 +157,16 @@ async def test_serve_orca_flag_sends_reports() -> None:
         server.kill()
     assert report is not None
     assert report.rps_fractional > 0
+
+
+async def test_sync_channel_reads_per_call_reports() -> None:
+    faults = [Faults(delay_ms=2, max_concurrency=2)] * 2
+    async with (
+        GreeterFleet(2, faults, orca=True) as fleet,
+        open_channel("sync", fleet.target(), service_config=_config()) as ch,
+    ):
+        assert await ch.wait_for_settled(10)
+        ports = await say_hello_ports(ch, 20)
+        policy = ch.channel._core._policy
+        await eventually(lambda: all(w.value > 0 for w in policy.weights.values()))
+    assert set(ports) == set(fleet.ports)

@@ -373,8 +373,9 @@ class _UnaryResponse(_SyncMultiCallable):
                 record._subchannel = sc
             md = metadata_for(metadata, attempts)
             sent = request if replay is None else replay.replay()
+            trailers = bool(sc.trailer_observers)  # ORCA load reports: need the trailers
             try:
-                if with_call:
+                if with_call or trailers:
                     result = inner.with_call(sent, remaining, md, credentials, False, compression)
                 else:
                     result = inner(sent, remaining, md, credentials, False, compression)
@@ -407,6 +408,10 @@ class _UnaryResponse(_SyncMultiCallable):
                 info.exclude = info.exclude | {sc}
                 continue
             sc.call_finished(started, _OK)
+            if trailers:
+                channel.on_loop(sc.trailers_received, result[1].trailing_metadata())
+                if not with_call:
+                    result = result[0]
             if retry is not None:
                 self.succeeded()
                 if with_call and attempts:
