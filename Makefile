@@ -8,7 +8,7 @@ TARGET ?= static:///localhost:50051,localhost:50052
 POLICY ?= round_robin
 PROTO_DIR := src/grpc_balancer/greeter
 
-.PHONY: init generate run-server run-client demo test lint typecheck pytest bench system-deps clean
+.PHONY: init generate run-server run-client demo test lint typecheck pytest bench bench-all system-deps clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -61,9 +61,18 @@ pytest: init system-deps
 ## test: lint + mypy + pytest (installs what the tests need)
 test: lint typecheck pytest
 
-## bench: run the benchmarks under bench/ (JSON + PNG in bench/results)
+## bench: the policy benchmark suite, about 8 minutes (JSON + PNG in bench/results)
 bench: init
 	$(PY) -m bench.run_all
+
+## bench-all: the suite plus every other benchmark under bench/ (about 20 minutes)
+bench-all: bench system-deps
+	$(PY) -m bench.bench_round_robin
+	$(PY) -m bench.bench_failover
+	$(PY) -m bench.bench_metrics
+	$(PY) -m bench.bench_sync
+	$(PY) -m bench.bench_dns
+	$(PY) -m bench.bench_etcd
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
