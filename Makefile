@@ -6,7 +6,7 @@ PY := $(BIN)/python
 SERVER_PORT ?= 50051
 TARGET ?= static:///localhost:50051,localhost:50052
 POLICY ?= round_robin
-PROTO_DIR := src/grpc_balancer/greeter
+PROTO_DIR := src/grpc_balancer/demo
 
 .PHONY: init generate run-server run-client demo test lint typecheck pytest bench bench-all system-deps clean
 
@@ -25,7 +25,7 @@ init: $(VENV)/.stamp-installed
 generate: init
 	$(PY) -m grpc_tools.protoc -I$(PROTO_DIR) --python_out=$(PROTO_DIR) --pyi_out=$(PROTO_DIR) \
 		--grpc_python_out=$(PROTO_DIR) $(PROTO_DIR)/greeter.proto
-	sed -i 's/^import greeter_pb2 as greeter__pb2/from grpc_balancer.greeter import greeter_pb2 as greeter__pb2/' \
+	sed -i 's/^import greeter_pb2 as greeter__pb2/from grpc_balancer.demo import greeter_pb2 as greeter__pb2/' \
 		$(PROTO_DIR)/greeter_pb2_grpc.py
 
 ## run-server: one greeter server on $$SERVER_PORT (default 50051)

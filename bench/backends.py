@@ -13,8 +13,8 @@ import json
 import sys
 from typing import Any
 
-from grpc_balancer.greeter.servicer import Faults
-from grpc_balancer.server.greeter_server import GreeterServer
+from grpc_balancer.demo.server import GreeterServer
+from grpc_balancer.demo.servicer import Faults
 from grpc_balancer.server.load_reports import LoadReporter
 
 

@@ -26,8 +26,8 @@ from typing import Any
 import grpc.aio
 
 import grpc_balancer
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
-from grpc_balancer.server.greeter_server import GreeterServer
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.demo.server import GreeterServer
 from grpc_balancer.testing import free_port
 from tests.dnsmasq import DnsmasqServer
 

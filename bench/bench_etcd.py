@@ -34,8 +34,8 @@ import grpc_balancer
 from grpc_balancer._etcd.client import EtcdClient
 from grpc_balancer._etcd.codec import encode_endpoint
 from grpc_balancer._etcd.settings import settings_from_target
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
-from grpc_balancer.server.greeter_server import GreeterServer
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.demo.server import GreeterServer
 from tests.etcd_cluster import EtcdCluster
 
 RESULTS = Path(__file__).parent / "results"

@@ -28,7 +28,7 @@ import grpc
 import grpc.aio
 
 import grpc_balancer
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.subchannel import Subchannel
 from grpc_balancer.testing import ServerProcesses
 

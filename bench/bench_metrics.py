@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 import grpc_balancer
 from grpc_balancer import metrics
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.testing import ServerProcesses
 
 RESULTS = Path(__file__).parent / "results"

@@ -25,8 +25,8 @@ import grpc
 import grpc.aio
 
 import grpc_balancer
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.endpoint import Endpoint
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.picker import PickInfo
 from grpc_balancer.policies.round_robin import RoundRobinPicker
 from grpc_balancer.testing import ServerProcesses

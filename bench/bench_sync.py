@@ -31,9 +31,9 @@ from typing import Any
 import grpc
 
 import grpc_balancer
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer._sync.subchannel import SyncSubchannel
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.subchannel import Subchannel
-from grpc_balancer.sync_subchannel import SyncSubchannel
 from grpc_balancer.testing import ServerProcesses
 
 RESULTS = Path(__file__).parent / "results"

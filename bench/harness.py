@@ -23,7 +23,7 @@ import grpc
 import grpc.aio
 
 import grpc_balancer
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.testing import cli_env, manual_resolver
 
 MAX_RATE = 2000.0

@@ -21,7 +21,7 @@ import grpc
 import pytest
 
 import grpc_balancer
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 from tests.helpers import port_of
 
 KINDS = ("aio", "sync")

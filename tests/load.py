@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 from tests.helpers import eventually, port_of
 
 

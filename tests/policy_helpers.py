@@ -10,8 +10,8 @@ from typing import Any, cast
 import grpc
 import grpc.aio
 
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.endpoint import Endpoint
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.subchannel import Subchannel
 from tests.helpers import port_of
 

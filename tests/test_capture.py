@@ -8,7 +8,7 @@ import grpc.aio
 import pytest
 
 import grpc_balancer
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.testing import GreeterFleet, free_port
 from tests.helpers import port_of
 

@@ -11,7 +11,7 @@ import grpc.aio
 import pytest
 
 import grpc_balancer
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.testing import ServerProcesses
 from tests.helpers import eventually, say_hello_ports
 from tests.load import Load

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import grpc_balancer
-from grpc_balancer.config import load_service_config
+from grpc_balancer._config.service_config import load_service_config
 from grpc_balancer.errors import ServiceConfigError, UnknownPolicyError
 
 

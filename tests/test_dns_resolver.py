@@ -15,12 +15,12 @@ import grpc.aio
 import pytest
 
 import grpc_balancer
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.demo.server import GreeterServer
+from grpc_balancer.demo.servicer import GreeterServicer
 from grpc_balancer.endpoint import Endpoint
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
-from grpc_balancer.greeter.servicer import GreeterServicer
 from grpc_balancer.resolvers.base import ResolverOptions
 from grpc_balancer.resolvers.dns import DnsResolver
-from grpc_balancer.server.greeter_server import GreeterServer
 from grpc_balancer.target import parse_target
 from grpc_balancer.testing import GreeterFleet, free_port
 from tests.dnsmasq import DnsmasqServer

@@ -14,8 +14,8 @@ import grpc
 import pytest
 
 import grpc_balancer
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.endpoint import Endpoint
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.testing import GreeterFleet, cli_env, free_port
 from tests.etcd_cluster import EtcdCluster
 from tests.etcd_helpers import (

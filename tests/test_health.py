@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 import grpc_balancer
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
-from grpc_balancer.greeter.servicer import Faults, GreeterServicer
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.demo.servicer import Faults, GreeterServicer
 from grpc_balancer.testing import GreeterFleet, ServerProcesses
 from tests.channels import open_channel
 from tests.helpers import eventually, say_hello_ports
@@ -106,7 +106,7 @@ async def test_unimplemented_means_no_checking_with_one_warning(
 ) -> None:
     async with GreeterFleet(1) as fleet:
         target = f"static:///{server_without_health},{fleet.addresses[0]}"
-        caplog.set_level(logging.WARNING, logger="grpc_balancer.health")
+        caplog.set_level(logging.WARNING, logger="grpc_balancer._core.health")
         async with grpc_balancer.aio.insecure_channel(target, service_config=health_config()) as ch:
             await eventually(lambda: sc_for(ch, server_without_health).health == "UNCHECKED")
             ports = await say_hello_ports(ch, 20)

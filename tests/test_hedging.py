@@ -8,8 +8,8 @@ import grpc
 import grpc.aio
 import pytest
 
-from grpc_balancer.greeter import greeter_pb2
-from grpc_balancer.greeter.servicer import Faults
+from grpc_balancer.demo import greeter_pb2
+from grpc_balancer.demo.servicer import Faults
 from grpc_balancer.testing import GreeterFleet
 from tests.channels import open_channel
 from tests.helpers import eventually, port_of

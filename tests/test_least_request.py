@@ -5,8 +5,8 @@ import random
 import pytest
 
 from grpc_balancer import aio
+from grpc_balancer.demo.servicer import Faults
 from grpc_balancer.errors import ServiceConfigError
-from grpc_balancer.greeter.servicer import Faults
 from grpc_balancer.picker import PickInfo
 from grpc_balancer.policies.least_request import LeastRequestPicker
 from grpc_balancer.testing import GreeterFleet

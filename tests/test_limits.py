@@ -7,9 +7,9 @@ from typing import Any
 import grpc
 import pytest
 
-from grpc_balancer.config import load_service_config
+from grpc_balancer._config.service_config import load_service_config
+from grpc_balancer.demo.servicer import Faults
 from grpc_balancer.errors import ServiceConfigError
-from grpc_balancer.greeter.servicer import Faults
 from grpc_balancer.testing import GreeterFleet
 from tests.channels import open_channel
 from tests.load import Load

@@ -18,9 +18,9 @@ import pytest
 from rich.console import Console
 
 import grpc_balancer
-from grpc_balancer.cli_observe import run_load
-from grpc_balancer.greeter.servicer import Faults
-from grpc_balancer.live import CallStats, LiveView, plain_lines, render, rows
+from grpc_balancer.cli.live import CallStats, LiveView, plain_lines, render, rows
+from grpc_balancer.cli.observe import run_load
+from grpc_balancer.demo.servicer import Faults
 from grpc_balancer.testing import GreeterFleet, cli_env
 
 PLAIN_ROW = re.compile(r"^  (\S+) state=(\S+) health=(\S+) calls=(\d+) failed=(\d+) share=")

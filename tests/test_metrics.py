@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import grpc_balancer
 from grpc_balancer import metrics
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
-from grpc_balancer.greeter.servicer import Faults
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.demo.servicer import Faults
 from grpc_balancer.testing import GreeterFleet, cli_env, free_port, manual_resolver
 from tests.helpers import eventually, port_of
 

@@ -18,8 +18,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import grpc_balancer
 from grpc_balancer import metrics, otel
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
-from grpc_balancer.greeter.servicer import Faults
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.demo.servicer import Faults
 from grpc_balancer.testing import GreeterFleet
 
 Req = greeter_pb2.HelloRequest

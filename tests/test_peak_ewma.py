@@ -6,8 +6,8 @@ import grpc
 import pytest
 
 from grpc_balancer import aio
+from grpc_balancer.demo.servicer import Faults
 from grpc_balancer.errors import ServiceConfigError
-from grpc_balancer.greeter.servicer import Faults
 from grpc_balancer.picker import PickInfo
 from grpc_balancer.policies.peak_ewma import LatencyEstimate, PeakEwmaPicker
 from grpc_balancer.testing import GreeterFleet

@@ -11,11 +11,7 @@ import grpc.aio
 import pytest
 
 import grpc_balancer
-from grpc_balancer.config import load_service_config
-from grpc_balancer.errors import ServiceConfigError
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
-from grpc_balancer.greeter.servicer import Faults
-from grpc_balancer.retry import (
+from grpc_balancer._attempts.retry import (
     HedgingPolicy,
     RetryPolicy,
     RetryThrottle,
@@ -24,6 +20,10 @@ from grpc_balancer.retry import (
     parse_pushback,
     retry_delay_s,
 )
+from grpc_balancer._config.service_config import load_service_config
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.demo.servicer import Faults
+from grpc_balancer.errors import ServiceConfigError
 from grpc_balancer.testing import GreeterFleet
 from tests.channels import open_channel
 from tests.helpers import port_of
@@ -493,7 +493,7 @@ async def test_bidi_stream_written_by_hand_is_not_retried() -> None:
 
 
 async def test_replayable_requests_replay_then_forget_after_commit() -> None:
-    from grpc_balancer.request_replay import ReplayableRequests
+    from grpc_balancer._attempts.replay import ReplayableRequests
 
     replay = ReplayableRequests(iter(range(5)))
     first = replay.replay()

@@ -6,8 +6,8 @@ import pytest
 
 import grpc_balancer
 from grpc_balancer import aio
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.errors import ServiceConfigError
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.picker import PickInfo
 from grpc_balancer.policies.ring_hash import RingHashPicker, build_ring, key_hash
 from grpc_balancer.testing import GreeterFleet, manual_resolver

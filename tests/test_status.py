@@ -8,7 +8,7 @@ import time
 import pytest
 
 import grpc_balancer
-from grpc_balancer.status import ERROR, RESOLVED, RESOLVING, format_status
+from grpc_balancer._core.status import ERROR, RESOLVED, RESOLVING, format_status
 from grpc_balancer.testing import GreeterFleet, ServerProcesses, free_port, manual_resolver
 from tests.helpers import eventually, say_hello_ports
 
@@ -81,7 +81,7 @@ def test_sync_channel_status_and_backend_series() -> None:
     from prometheus_client import CollectorRegistry
 
     from grpc_balancer import metrics
-    from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
+    from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 
     registry = CollectorRegistry()
     metrics.enable(registry)

@@ -17,8 +17,8 @@ import grpc
 import pytest
 
 import grpc_balancer
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
-from grpc_balancer.sync_channel import SyncBalancedChannel
+from grpc_balancer._sync.channel import SyncBalancedChannel
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.testing import (
     ServerProcess,
     ServerProcesses,
@@ -300,7 +300,7 @@ def test_removed_backend_under_load_loses_no_call(fleet: ServerProcesses) -> Non
 _FORK_SCRIPT = """
 import os, sys, warnings
 import grpc_balancer
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 ch = grpc_balancer.insecure_channel(sys.argv[1])
 stub = greeter_pb2_grpc.GreeterStub(ch)
 stub.SayHello(greeter_pb2.HelloRequest(), timeout=10)

@@ -11,8 +11,8 @@ import grpc
 import grpc.aio
 import pytest
 
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
-from grpc_balancer.greeter.servicer import GreeterServicer
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.demo.servicer import GreeterServicer
 from tests.channels import open_channel
 from tests.helpers import say_hello_ports
 

@@ -8,11 +8,11 @@ import grpc.aio
 import pytest
 
 from grpc_balancer import aio
+from grpc_balancer._orca import OrcaLoadReport, report_from_trailers, weight_from_report
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.demo.servicer import Faults
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.errors import ServiceConfigError
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
-from grpc_balancer.greeter.servicer import Faults
-from grpc_balancer.orca import OrcaLoadReport, report_from_trailers, weight_from_report
 from grpc_balancer.policies.weighted_round_robin import BackendWeight
 from grpc_balancer.testing import GreeterFleet, ServerProcess, manual_resolver
 from tests.channels import open_channel

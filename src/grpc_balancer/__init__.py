@@ -6,7 +6,9 @@ stubs; the asyncio channel lives in :mod:`grpc_balancer.aio`; extension points a
 """
 
 from grpc_balancer import aio
-from grpc_balancer.capture import BackendCapture, capture_backend
+from grpc_balancer._core.status import ChannelStatus, SubchannelStatus
+from grpc_balancer._observe.capture import BackendCapture, capture_backend
+from grpc_balancer._sync.channel import SyncBalancedChannel, insecure_channel, secure_channel
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.errors import (
     BalancerConfigError,
@@ -26,9 +28,7 @@ from grpc_balancer.resolvers.base import (
     register_resolver,
 )
 from grpc_balancer.server.registration import Registration, RegistrationError, registration
-from grpc_balancer.status import ChannelStatus, SubchannelStatus
 from grpc_balancer.subchannel import Subchannel
-from grpc_balancer.sync_channel import SyncBalancedChannel, insecure_channel, secure_channel
 from grpc_balancer.target import Target, parse_target
 
 __version__ = "0.1.0"

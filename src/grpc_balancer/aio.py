@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from grpc_balancer.channel import BalancedChannel
+from grpc_balancer._aio.channel import BalancedChannel
 from grpc_balancer.resolvers.base import ResolverOptions
 from grpc_balancer.subchannel import ChannelOptions
 

@@ -37,7 +37,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from grpc_balancer import instrument
+from grpc_balancer._observe import instrument
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -199,7 +199,7 @@ class _State:
 
 # -- per-channel instrument -------------------------------------------------------------------
 class _ChannelMetrics:
-    """The :class:`~grpc_balancer.instrument.ChannelInstrument` of one channel."""
+    """The :class:`~grpc_balancer._observe.instrument.ChannelInstrument` of one channel."""
 
     def __init__(self, channel: Any, state: _State | None = None) -> None:
         self._st = _state if state is None else state

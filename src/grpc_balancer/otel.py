@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from grpc_balancer import instrument
+from grpc_balancer._observe import instrument
 from grpc_balancer.metrics import (
     LATENCY_BUCKETS,
     BackendSeries,

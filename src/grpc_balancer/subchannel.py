@@ -18,8 +18,8 @@ from typing import Any, Protocol
 import grpc
 import grpc.aio
 
+from grpc_balancer._core.load import PeakEwma
 from grpc_balancer.endpoint import Endpoint
-from grpc_balancer.load import PeakEwma
 
 log = logging.getLogger("grpc_balancer.subchannel")
 

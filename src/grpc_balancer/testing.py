@@ -21,10 +21,10 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from grpc_balancer.demo.server import GreeterServer
+from grpc_balancer.demo.servicer import Faults
 from grpc_balancer.endpoint import Endpoint
-from grpc_balancer.greeter.servicer import Faults
 from grpc_balancer.resolvers.base import ResolverListener, ResolverOptions, register_resolver
-from grpc_balancer.server.greeter_server import GreeterServer
 from grpc_balancer.server.load_reports import LoadReporter
 from grpc_balancer.target import Target
 

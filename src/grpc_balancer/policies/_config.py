@@ -6,8 +6,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from grpc_balancer._config.method_config import parse_duration
 from grpc_balancer.errors import ServiceConfigError
-from grpc_balancer.method_config import parse_duration
 
 
 def duration(policy: str, config: Mapping[str, Any], name: str, default_s: float) -> float:

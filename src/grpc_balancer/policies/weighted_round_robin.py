@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from grpc_balancer.orca import OrcaLoadReport, report_from_trailers, weight_from_report
-from grpc_balancer.orca.oob import start_oob_stream
+from grpc_balancer._orca import OrcaLoadReport, report_from_trailers, weight_from_report
+from grpc_balancer._orca.oob import start_oob_stream
 from grpc_balancer.picker import Picker
 from grpc_balancer.policies import _config
 from grpc_balancer.policies._stride import StridePicker, scale_weights

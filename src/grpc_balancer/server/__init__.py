@@ -1,5 +1,3 @@
-"""Helpers for the *server* side of balancing: health, graceful drain, registration."""
-
-from grpc_balancer.server.greeter_server import GreeterServer, serve_forever
-
-__all__ = ["GreeterServer", "serve_forever"]
+"""Server-side helpers for balanced fleets: etcd registration (``server.registration``)
+and ORCA load reports (``server.load_reports``). The demo greeter server is
+:mod:`grpc_balancer.demo`."""

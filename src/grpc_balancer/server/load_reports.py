@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from grpc_balancer.orca import (
+from grpc_balancer._orca import (
     MIRROR_TRAILER_KEY,
     OOB_SERVICE,
     TRAILER_KEY,

@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2
 
 from grpc_balancer.subchannel import HEALTH_UNCHECKED, HEALTH_UNKNOWN, Subchannel
 
-log = logging.getLogger("grpc_balancer.health")
+log = logging.getLogger("grpc_balancer._core.health")
 
 WATCH_METHOD = "/grpc.health.v1.Health/Watch"
 INITIAL_BACKOFF_S = 0.2
@@ -79,7 +79,7 @@ class HealthChecking:
             sc.health = HEALTH_UNKNOWN
         elif task is None and sc not in self._unimplemented:
             self._tasks[sc] = asyncio.get_running_loop().create_task(
-                self._watch(sc), name=f"grpc_balancer.health[{sc.address}]"
+                self._watch(sc), name=f"grpc_balancer._core.health[{sc.address}]"
             )
 
     def remove(self, sc: Subchannel) -> None:

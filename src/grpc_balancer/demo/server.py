@@ -17,8 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
-from grpc_balancer.greeter.servicer import SERVICE_NAME, Faults, GreeterServicer
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.demo.servicer import SERVICE_NAME, Faults, GreeterServicer
 from grpc_balancer.server.load_reports import LoadReporter
 
 log = logging.getLogger("grpc_balancer.server")

@@ -35,11 +35,11 @@ from typing import Any
 
 import grpc
 
+from grpc_balancer._config.method_config import parse_duration
 from grpc_balancer.errors import ServiceConfigError
-from grpc_balancer.method_config import parse_duration
 from grpc_balancer.subchannel import Subchannel
 
-log = logging.getLogger("grpc_balancer.outlier")
+log = logging.getLogger("grpc_balancer._core.outlier")
 
 FIELD = "outlierDetection"
 

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
-from grpc_balancer.calls import MAX_TRANSPARENT_RETRIES, never_reached_server, rpc_error
+from grpc_balancer._aio.calls import MAX_TRANSPARENT_RETRIES, never_reached_server, rpc_error
 from grpc_balancer.picker import PickInfo
 
 if TYPE_CHECKING:
-    from grpc_balancer.sync_calls import _UnaryResponse
-    from grpc_balancer.sync_subchannel import SyncSubchannel
+    from grpc_balancer._sync.calls import _UnaryResponse
+    from grpc_balancer._sync.subchannel import SyncSubchannel
 
     class _CallFuture(grpc.CallFuture[Any]): ...
 
@@ -73,7 +73,7 @@ class BalancedFuture(_CallFuture):
         self._replay: Any = None
         self._resendable = mc.resendable
         if not mc.resendable and mc._retry is not None:
-            from grpc_balancer.sync_streams import RequestReplay
+            from grpc_balancer._sync.streams import RequestReplay
 
             self._replay = RequestReplay(request)  # a request stream, kept for retries
             self._resendable = True
@@ -154,7 +154,7 @@ class BalancedFuture(_CallFuture):
         self._send(sc)
 
     def _send(self, sc: SyncSubchannel) -> None:
-        from grpc_balancer.sync_calls import metadata_for
+        from grpc_balancer._sync.calls import metadata_for
 
         picker = self._channel.picker
         inner = self._mc.inner(sc)
@@ -190,7 +190,7 @@ class BalancedFuture(_CallFuture):
         attempt.add_done_callback(lambda a: self._attempt_done(sc, started, picker, a))
 
     def _attempt_done(self, sc: SyncSubchannel, started: float, picker: Any, attempt: Any) -> None:
-        from grpc_balancer.sync_calls import _no_time_left, with_attempts
+        from grpc_balancer._sync.calls import _no_time_left, with_attempts
 
         code = attempt.code()
         sc.call_finished(started, code)
@@ -415,7 +415,7 @@ class CallWithAttempts(grpc.Call):
         self._previous = previous
 
     def trailing_metadata(self) -> Any:
-        from grpc_balancer.sync_calls import metadata_for
+        from grpc_balancer._sync.calls import metadata_for
 
         return metadata_for(self._call.trailing_metadata(), self._previous)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from grpc_balancer.channel import BalancedChannel
+    from grpc_balancer._aio.channel import BalancedChannel
     from grpc_balancer.subchannel import Subchannel
 
 #: Resolver states: no answer yet / a list is in use / the last attempt failed.

@@ -1,7 +1,7 @@
 """SyncBalancedChannel: a ``grpc.Channel`` for sync stubs, on the async channel's core.
 
 Each sync channel owns one background thread running an event loop, and on it one
-:class:`~grpc_balancer.channel.BalancedChannel` (the *core*): resolver, policy,
+:class:`~grpc_balancer._aio.channel.BalancedChannel` (the *core*): resolver, policy,
 subchannel connectivity, health checks and timers are exactly the async channel's.
 Caller threads only read the core's immutable picker (lock-free), then send on that
 endpoint's synchronous grpcio channel — no thread hop on the fast path. When no
@@ -28,26 +28,26 @@ from typing import Any, cast
 import grpc
 import grpc.aio
 
-from grpc_balancer._loop_thread import LoopThread
-from grpc_balancer.calls import rpc_error
-from grpc_balancer.channel import BalancedChannel
-from grpc_balancer.config import ServiceConfig
-from grpc_balancer.endpoint import Endpoint
-from grpc_balancer.errors import ChannelClosedError, ChannelUsedAfterForkError
-from grpc_balancer.events import Observer
-from grpc_balancer.picker import Picker, PickInfo
-from grpc_balancer.resolvers.base import ResolverOptions
-from grpc_balancer.status import ChannelStatus
-from grpc_balancer.subchannel import ChannelOptions, Subchannel
-from grpc_balancer.sync_calls import (
+from grpc_balancer._aio.calls import rpc_error
+from grpc_balancer._aio.channel import BalancedChannel
+from grpc_balancer._config.service_config import ServiceConfig
+from grpc_balancer._core.status import ChannelStatus
+from grpc_balancer._observe.events import Observer
+from grpc_balancer._sync.calls import (
     SyncStreamStreamMultiCallable,
     SyncStreamUnaryMultiCallable,
     SyncUnaryStreamMultiCallable,
     SyncUnaryUnaryMultiCallable,
 )
-from grpc_balancer.sync_subchannel import SyncSubchannel
+from grpc_balancer._sync.loop_thread import LoopThread
+from grpc_balancer._sync.subchannel import SyncSubchannel
+from grpc_balancer.endpoint import Endpoint
+from grpc_balancer.errors import ChannelClosedError, ChannelUsedAfterForkError
+from grpc_balancer.picker import Picker, PickInfo
+from grpc_balancer.resolvers.base import ResolverOptions
+from grpc_balancer.subchannel import ChannelOptions, Subchannel
 
-log = logging.getLogger("grpc_balancer.sync_channel")
+log = logging.getLogger("grpc_balancer._sync.channel")
 
 Connectivity = grpc.ChannelConnectivity
 StateCallback = Callable[[Connectivity], None]
@@ -376,7 +376,7 @@ class SyncBalancedChannel(grpc.Channel):
 
     @property
     def observers(self) -> list[Observer]:
-        """Resilience event observers (see :mod:`grpc_balancer.events`); they are called
+        """Resilience event observers (see :mod:`grpc_balancer._observe.events`); they are called
         on the channel's loop thread."""
         return self._core.observers
 

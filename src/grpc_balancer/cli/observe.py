@@ -19,12 +19,12 @@ import grpc
 import grpc.aio
 
 from grpc_balancer import aio
-from grpc_balancer.channel import BalancedChannel
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
-from grpc_balancer.status import format_status
+from grpc_balancer._aio.channel import BalancedChannel
+from grpc_balancer._core.status import format_status
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 
 if TYPE_CHECKING:
-    from grpc_balancer.live import CallStats
+    from grpc_balancer.cli.live import CallStats
 
 
 def add_observe_args(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +80,7 @@ async def run_observed(
     service_config: str | None = None,
 ) -> tuple[Counter[str], int]:
     """Run ``args.count`` SayHello calls with the chosen concurrency and rate; count per backend."""
-    from grpc_balancer.live import CallStats, LiveView  # rich is slow to import: only here
+    from grpc_balancer.cli.live import CallStats, LiveView  # rich is slow to import: only here
 
     server = None
     if args.metrics_port is not None:

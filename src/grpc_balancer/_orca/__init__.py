@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from grpc_balancer.orca.orca_pb2 import Duration, OrcaLoadReport, OrcaLoadReportRequest
+from grpc_balancer._orca.orca_pb2 import Duration, OrcaLoadReport, OrcaLoadReportRequest
 
 TRAILER_KEY = "endpoint-load-metrics-bin"
 #: grpcio's C core consumes ``endpoint-load-metrics-bin`` (for its own

@@ -1,4 +1,4 @@
-"""Multicallables and call objects of :class:`~grpc_balancer.channel.BalancedChannel`.
+"""Multicallables and call objects of :class:`~grpc_balancer._aio.channel.BalancedChannel`.
 
 A unary call is driven by the coroutine that awaits it (no extra task on the fast
 path): pick a subchannel, send the attempt on that endpoint's grpc.aio channel, record
@@ -18,10 +18,8 @@ import grpc
 import grpc.aio
 from grpc.aio import Metadata
 
-from grpc_balancer.capture import CURRENT as _CAPTURE
-from grpc_balancer.picker import PickInfo
-from grpc_balancer.request_replay import ReplayableRequests
-from grpc_balancer.retry import (
+from grpc_balancer._attempts.replay import ReplayableRequests
+from grpc_balancer._attempts.retry import (
     PREVIOUS_ATTEMPTS_KEY,
     PUSHBACK_KEY,
     HedgingPolicy,
@@ -32,9 +30,11 @@ from grpc_balancer.retry import (
     record_success,
     retry_delay_s,
 )
+from grpc_balancer._observe.capture import CURRENT as _CAPTURE
+from grpc_balancer.picker import PickInfo
 
 if TYPE_CHECKING:
-    from grpc_balancer.channel import BalancedChannel
+    from grpc_balancer._aio.channel import BalancedChannel
     from grpc_balancer.subchannel import Subchannel
 
 Serializer = Callable[[Any], bytes] | None

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from grpc_balancer.cli_register import etcd_options_from_env
+from grpc_balancer.cli.register import etcd_options_from_env
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.resolvers.base import ResolverOptions, get_resolver_factory
 from grpc_balancer.target import parse_target

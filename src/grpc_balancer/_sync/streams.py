@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
-from grpc_balancer.calls import MAX_TRANSPARENT_RETRIES, never_reached_server
+from grpc_balancer._aio.calls import MAX_TRANSPARENT_RETRIES, never_reached_server
 from grpc_balancer.picker import PickInfo
 
 if TYPE_CHECKING:
-    from grpc_balancer.retry import RetryPolicy
-    from grpc_balancer.sync_calls import _StreamResponse
-    from grpc_balancer.sync_subchannel import SyncSubchannel
+    from grpc_balancer._attempts.retry import RetryPolicy
+    from grpc_balancer._sync.calls import _StreamResponse
+    from grpc_balancer._sync.subchannel import SyncSubchannel
 
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
@@ -99,7 +99,7 @@ class RetryingStream(grpc.Call):
 
     # -- the retry loop -------------------------------------------------------------------
     def _attempt(self) -> tuple[Any, SyncSubchannel]:
-        from grpc_balancer.sync_calls import metadata_for, stream_done
+        from grpc_balancer._sync.calls import metadata_for, stream_done
 
         sc, inner, started, remaining = self._mc.start(
             self._info, self._deadline, self._wait_for_ready
@@ -123,7 +123,7 @@ class RetryingStream(grpc.Call):
 
     def _settle(self) -> None:
         """Run attempts until one yields a first message or the call must end."""
-        from grpc_balancer.sync_calls import _no_time_left, with_attempts
+        from grpc_balancer._sync.calls import _no_time_left, with_attempts
 
         with self._lock:
             if self._settled:
@@ -198,7 +198,7 @@ class RetryingStream(grpc.Call):
         return self._settled_call().initial_metadata()
 
     def trailing_metadata(self) -> Any:
-        from grpc_balancer.sync_calls import metadata_for
+        from grpc_balancer._sync.calls import metadata_for
 
         return metadata_for(self._settled_call().trailing_metadata(), self._previous)
 

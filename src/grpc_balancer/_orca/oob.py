@@ -11,10 +11,10 @@ from collections.abc import Callable
 import grpc
 import grpc.aio
 
-from grpc_balancer.orca import OOB_METHOD, Duration, OrcaLoadReport, OrcaLoadReportRequest
+from grpc_balancer._orca import OOB_METHOD, Duration, OrcaLoadReport, OrcaLoadReportRequest
 from grpc_balancer.subchannel import Subchannel
 
-log = logging.getLogger("grpc_balancer.orca")
+log = logging.getLogger("grpc_balancer._orca")
 
 _MAX_BACKOFF_S = 30.0
 
@@ -23,7 +23,7 @@ def start_oob_stream(
     sc: Subchannel, interval_s: float, on_report: Callable[[Subchannel, OrcaLoadReport], None]
 ) -> asyncio.Task[None]:
     return asyncio.get_running_loop().create_task(
-        _run(sc, interval_s, on_report), name=f"grpc_balancer.orca[{sc.address}]"
+        _run(sc, interval_s, on_report), name=f"grpc_balancer._orca[{sc.address}]"
     )
 
 

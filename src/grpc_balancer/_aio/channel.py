@@ -24,31 +24,31 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from grpc_balancer.calls import (
+from grpc_balancer._aio.calls import (
     BalancedStreamStreamMultiCallable,
     BalancedStreamUnaryMultiCallable,
     BalancedUnaryStreamMultiCallable,
     BalancedUnaryUnaryMultiCallable,
     rpc_error,
 )
-from grpc_balancer.config import ServiceConfig, load_service_config
+from grpc_balancer._attempts.retry import MethodPolicy, RetryThrottle
+from grpc_balancer._config.method_config import make_throttle
+from grpc_balancer._config.service_config import ServiceConfig, load_service_config
+from grpc_balancer._core.health import HealthChecking
+from grpc_balancer._core.limits import SATURATED_CODE, saturated_message
+from grpc_balancer._core.outlier import OutlierDetector
+from grpc_balancer._core.status import ChannelStatus, channel_status
+from grpc_balancer._observe.events import Observer, emit
+from grpc_balancer._observe.instrument import ChannelInstrument, for_channel
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.errors import ChannelClosedError
-from grpc_balancer.events import Observer, emit
-from grpc_balancer.health import HealthChecking
-from grpc_balancer.instrument import ChannelInstrument, for_channel
-from grpc_balancer.limits import SATURATED_CODE, saturated_message
-from grpc_balancer.method_config import make_throttle
-from grpc_balancer.outlier import OutlierDetector
 from grpc_balancer.picker import FailPicker, Picker, PickError, PickInfo, QueuePicker
 from grpc_balancer.policies.base import Policy, get_policy_factory
 from grpc_balancer.resolvers.base import Resolver, ResolverOptions, get_resolver_factory
-from grpc_balancer.retry import MethodPolicy, RetryThrottle
-from grpc_balancer.status import ChannelStatus, channel_status
 from grpc_balancer.subchannel import ChannelOptions, Subchannel
 from grpc_balancer.target import Target, parse_target
 
-log = logging.getLogger("grpc_balancer.channel")
+log = logging.getLogger("grpc_balancer._aio.channel")
 
 Connectivity = grpc.ChannelConnectivity
 
@@ -97,7 +97,7 @@ class BalancedChannel(grpc.aio.Channel):
         self.throttle: RetryThrottle | None = make_throttle(self.config.throttling)
         #: circuitBreakers.maxRequests (0: no per-backend limit).
         self.max_requests = self.config.max_requests_per_backend
-        #: Called as ``observer(event, subchannel, code)``; see :mod:`grpc_balancer.events`.
+        #: Called as ``observer(event, subchannel, code)``; see :mod:`grpc_balancer._observe.events`.
         self.observers: list[Observer] = []
         self._outlier: OutlierDetector | None = None
         if self.config.outlier is not None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 
 SERVICE_NAME = "greeter.Greeter"
 

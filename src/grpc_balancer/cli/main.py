@@ -20,13 +20,13 @@ from typing import Any, NoReturn
 import grpc
 
 from grpc_balancer import aio
-from grpc_balancer.cli_observe import add_observe_args, run_observed, wants_observed_run
-from grpc_balancer.cli_register import add_register_args, registration_hooks
-from grpc_balancer.cli_resolve import add_resolve_parser
+from grpc_balancer.cli.observe import add_observe_args, run_observed, wants_observed_run
+from grpc_balancer.cli.register import add_register_args, registration_hooks
+from grpc_balancer.cli.resolve import add_resolve_parser
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.demo.server import GreeterServer, serve_forever
+from grpc_balancer.demo.servicer import Faults
 from grpc_balancer.errors import BalancerConfigError
-from grpc_balancer.greeter import greeter_pb2, greeter_pb2_grpc
-from grpc_balancer.greeter.servicer import Faults
-from grpc_balancer.server.greeter_server import GreeterServer, serve_forever
 from grpc_balancer.server.load_reports import LoadReporter
 from grpc_balancer.server.registration import RegistrationError
 from grpc_balancer.target import parse_port

@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from grpc_balancer._etcd.settings import settings_from_target
+from grpc_balancer.demo.server import GreeterServer
 from grpc_balancer.errors import BalancerConfigError
-from grpc_balancer.server.greeter_server import GreeterServer
 from grpc_balancer.server.registration import Registration, validate_address, validate_metadata
 
 _WILDCARDS = ("", "::", "0.0.0.0", "[::]")

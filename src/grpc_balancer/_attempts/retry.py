@@ -1,7 +1,7 @@
 """Retry and hedging decisions (gRFC A6), with no I/O: which codes retry, the backoff
 schedule, the throttling token bucket, when to send the next hedge.
 
-The async attempt loop (:mod:`grpc_balancer.calls`) and the synchronous channel both
+The async attempt loop (:mod:`grpc_balancer._aio.calls`) and the synchronous channel both
 call these functions, so the two behave the same. Nothing here sleeps, sends or reads
 a clock; callers pass in what happened and get back what to do.
 """

@@ -44,7 +44,7 @@ class ChannelInstrument(Protocol):
     def event(
         self, event: str, subchannel: Subchannel | None, code: grpc.StatusCode | None
     ) -> None:
-        """A resilience event (``retry``, ``hedge``, ``ejected``...; see ``grpc_balancer.events``)."""
+        """A resilience event (``retry``, ``hedge``, ``ejected``...; see ``grpc_balancer._observe.events``)."""
 
     def closed(self) -> None:
         """The channel closed: drop its series."""

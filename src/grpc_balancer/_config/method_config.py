@@ -15,14 +15,14 @@ from typing import Any
 
 import grpc
 
-from grpc_balancer.errors import ServiceConfigError
-from grpc_balancer.retry import (
+from grpc_balancer._attempts.retry import (
     MAX_ATTEMPTS_CAP,
     HedgingPolicy,
     MethodPolicy,
     RetryPolicy,
     RetryThrottle,
 )
+from grpc_balancer.errors import ServiceConfigError
 
 _METHOD_FIELDS = {
     "name",

@@ -11,10 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from grpc_balancer._config.method_config import (
+    MethodTable,
+    parse_method_config,
+    parse_retry_throttling,
+)
+from grpc_balancer._core.limits import parse_circuit_breakers
+from grpc_balancer._core.outlier import OutlierConfig, parse_outlier_detection
 from grpc_balancer.errors import ServiceConfigError
-from grpc_balancer.limits import parse_circuit_breakers
-from grpc_balancer.method_config import MethodTable, parse_method_config, parse_retry_throttling
-from grpc_balancer.outlier import OutlierConfig, parse_outlier_detection
 from grpc_balancer.policies.base import get_policy_factory, registered_policies
 
 DEFAULT_POLICY = "pick_first"

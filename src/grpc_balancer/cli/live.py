@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from grpc_balancer.channel import BalancedChannel
+    from grpc_balancer._aio.channel import BalancedChannel
 
 #: How far back calls/s and the percentiles look.
 WINDOW_S = 5.0

@@ -1,10 +1,10 @@
-"""Multicallables of :class:`~grpc_balancer.sync_channel.SyncBalancedChannel`.
+"""Multicallables of :class:`~grpc_balancer._sync.channel.SyncBalancedChannel`.
 
 A call runs in the caller's thread: pick on the current picker, send on that
 endpoint's sync grpcio channel, count it on the subchannel, and re-send elsewhere when
 the attempt never reached a server. ``methodConfig`` (timeout, waitForReady,
 retryPolicy, hedgingPolicy), ``retryThrottling`` and ``circuitBreakers`` apply as in
-the async calls: the decisions come from the same I/O-free core (:mod:`grpc_balancer.retry`).
+the async calls: the decisions come from the same I/O-free core (:mod:`grpc_balancer._attempts.retry`).
 Streaming calls pick once and return grpcio's own call object, so iteration,
 ``cancel()`` and metadata behave exactly as with a plain grpcio channel.
 """
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 import grpc.aio
 
-from grpc_balancer.calls import (
+from grpc_balancer._aio.calls import (
     MAX_TRANSPARENT_RETRIES,
     _error_with_attempts,
     _pushback_ms,
@@ -26,9 +26,7 @@ from grpc_balancer.calls import (
     never_reached_server,
     rpc_error,
 )
-from grpc_balancer.capture import CURRENT as _CAPTURE
-from grpc_balancer.picker import PickInfo
-from grpc_balancer.retry import (
+from grpc_balancer._attempts.retry import (
     HedgingPolicy,
     RetryPolicy,
     hedge_failure_is_fatal,
@@ -36,12 +34,14 @@ from grpc_balancer.retry import (
     record_success,
     retry_delay_s,
 )
-from grpc_balancer.sync_future import BalancedFuture, CallWithAttempts, FailedCall
-from grpc_balancer.sync_streams import RequestReplay, RetryingStream
+from grpc_balancer._observe.capture import CURRENT as _CAPTURE
+from grpc_balancer._sync.future import BalancedFuture, CallWithAttempts, FailedCall
+from grpc_balancer._sync.streams import RequestReplay, RetryingStream
+from grpc_balancer.picker import PickInfo
 
 if TYPE_CHECKING:
-    from grpc_balancer.sync_channel import SyncBalancedChannel
-    from grpc_balancer.sync_subchannel import SyncSubchannel
+    from grpc_balancer._sync.channel import SyncBalancedChannel
+    from grpc_balancer._sync.subchannel import SyncSubchannel
 
     class _UnaryUnaryBase(grpc.UnaryUnaryMultiCallable[Any, Any]): ...
 

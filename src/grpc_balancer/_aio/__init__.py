@@ -1,0 +1,1 @@
+"""The asyncio driver: BalancedChannel and its four call objects."""

@@ -1,0 +1,1 @@
+"""Every decision of one call: the attempt plan, retry policy, replay buffer, errors."""

@@ -1,0 +1,1 @@
+"""Service config JSON to typed values."""

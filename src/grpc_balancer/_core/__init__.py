@@ -1,0 +1,1 @@
+"""The channel core both channels compose: glue, picking, health, outlier, status."""

@@ -1,0 +1,1 @@
+"""Events, instrumentation hooks, per-call capture."""

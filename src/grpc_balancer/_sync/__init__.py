@@ -1,0 +1,1 @@
+"""The sync driver: SyncBalancedChannel, blocking and .future() calls, the loop thread."""
