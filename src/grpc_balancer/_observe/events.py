@@ -18,6 +18,7 @@ Events (``subchannel`` is the backend concerned, ``code`` the status that caused
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,21 @@ import grpc
 
 if TYPE_CHECKING:
     from grpc_balancer.subchannel import Subchannel
+
+
+class Event(enum.StrEnum):
+    """The events above; a ``str`` too, so ``event == "retry"`` keeps working."""
+
+    RETRY = "retry"
+    TRANSPARENT_RETRY = "transparent_retry"
+    THROTTLED = "throttled"
+    HEDGE = "hedge"
+    SATURATED = "saturated"
+    REJECTED = "rejected"
+    EJECTED = "ejected"
+    UNEJECTED = "unejected"
+    HEALTH = "health"
+
 
 Observer = Callable[[str, "Subchannel | None", "grpc.StatusCode | None"], None]
 
