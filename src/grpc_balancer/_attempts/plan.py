@@ -1,0 +1,576 @@
+"""AttemptPlan: every decision of one call, for all four call kinds, with no I/O.
+
+gRFC A6 as grpc-go's ``stream.go`` does it, written once (h2's ``stream.py`` style:
+transitions are an explicit table and an unknown (state, input) pair raises):
+
+* pick (the one seam, :mod:`grpc_balancer._core.picking`): skip tried and saturated
+  backends, wait for the next picker when nothing is ready, fail fast otherwise;
+* transparent retry of attempts that never reached a server (bounded);
+* ``retryPolicy``: attempts, full-jitter backoff, retryable codes,
+  ``grpc-retry-pushback-ms``, throttling;
+* ``hedgingPolicy``: a new attempt every ``hedgingDelay`` (at once after a non-fatal
+  failure), the first success wins, the others are cancelled;
+* commit on the first response message (streams) or the final status (unary
+  responses), or when the request replay buffer passes its limit;
+* the deadline bounds every wait; cancel works in every state;
+  ``grpc-previous-rpc-attempts`` on every attempt after the first.
+
+A driver (:mod:`grpc_balancer._aio.calls`, :mod:`grpc_balancer._sync.calls`) feeds
+inputs (``start``, ``on_picker``, ``on_timer``, ``on_end``, ``on_response``,
+``on_buffered``, ``cancel``) and performs the actions each returns (:class:`Send`,
+:class:`Cancel`, :class:`Commit`, :class:`Finish`); after every input it re-arms one
+timer at :attr:`AttemptPlan.wake_at` and waits on :attr:`AttemptPlan.waiting_on`.
+The clock and the random source are passed in, so tests drive it with fakes.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from grpc_balancer._attempts.attempt import Attempt
+from grpc_balancer._attempts.retry import (
+    PREVIOUS_ATTEMPTS_KEY,
+    PUSHBACK_KEY,
+    HedgingPolicy,
+    RetryPolicy,
+    RetryThrottle,
+    hedge_failure_is_fatal,
+    may_send_hedge,
+    parse_pushback,
+    record_success,
+    retry_delay_s,
+)
+from grpc_balancer._observe.events import Event
+from grpc_balancer.picker import PickError, PickInfo
+
+if TYPE_CHECKING:
+    from grpc_balancer._core.picking import PickerGeneration, Picking
+
+Code = grpc.StatusCode
+Metadata = Sequence[tuple[str, Any]]
+
+#: How many times an attempt that never reached a server is re-sent elsewhere.
+MAX_TRANSPARENT_RETRIES = 5
+#: After such an attempt, how long to wait for the picker to learn of the failure.
+TRANSPARENT_WAIT_S = 1.0
+#: gRFC A6 / grpc-go's per-RPC retry buffer: past it, the call commits.
+DEFAULT_BUFFER_LIMIT = 256 * 1024
+
+CANCELLED_DETAILS = "Locally cancelled by application!"
+
+#: grpcio's wording when the connection could not be made (the request never left).
+_NOT_SENT_MARKERS = (
+    "failed to connect to all addresses",
+    "Connection refused",
+    "channel is in state TRANSIENT_FAILURE",
+    "Channel closed",
+)
+
+
+def never_reached_server(code: Code, details: str | None) -> bool:
+    """UNAVAILABLE because no connection could be made: the request was not sent, so
+    re-sending it elsewhere is safe even for non-idempotent methods."""
+    if code is not Code.UNAVAILABLE or not details:
+        return False
+    return any(marker in details for marker in _NOT_SENT_MARKERS)
+
+
+class Kind(enum.Enum):
+    UNARY_UNARY = "unary_unary"
+    UNARY_STREAM = "unary_stream"
+    STREAM_UNARY = "stream_unary"
+    STREAM_STREAM = "stream_stream"
+
+    @property
+    def unary_response(self) -> bool:
+        return self in (Kind.UNARY_UNARY, Kind.STREAM_UNARY)
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    WAITING = "waiting"  # for the next picker (nothing ready, or after a not-sent attempt)
+    ATTEMPTING = "attempting"  # attempts in flight; retry or hedge still possible
+    BACKOFF = "backoff"  # a retry is due at wake_at
+    COMMITTED = "committed"  # one attempt is the call now (a stream being read)
+    DONE = "done"
+
+
+class Input(enum.Enum):
+    START = "start"
+    PICKER = "picker"
+    TIMER = "timer"
+    END = "end"
+    RESPONSE = "response"
+    BUFFERED = "buffered"
+    CANCEL = "cancel"
+
+
+class PlanError(RuntimeError):
+    """An input the plan cannot take in its state: a driver bug, never a user error."""
+
+
+# -- actions -----------------------------------------------------------------------------
+class Send:
+    """Start ``attempt`` (its subchannel, metadata and timeout are decided)."""
+
+    __slots__ = ("attempt",)
+
+    def __init__(self, attempt: Attempt) -> None:
+        self.attempt = attempt
+
+    def __repr__(self) -> str:
+        return f"Send({self.attempt!r})"
+
+
+class Cancel:
+    """Cancel ``attempt`` (a hedge that lost, or the call was cancelled)."""
+
+    __slots__ = ("attempt",)
+
+    def __init__(self, attempt: Attempt) -> None:
+        self.attempt = attempt
+
+    def __repr__(self) -> str:
+        return f"Cancel({self.attempt!r})"
+
+
+class Commit:
+    """``attempt`` is the call from now on: stop buffering requests for replays."""
+
+    __slots__ = ("attempt",)
+
+    def __init__(self, attempt: Attempt) -> None:
+        self.attempt = attempt
+
+    def __repr__(self) -> str:
+        return f"Commit({self.attempt!r})"
+
+
+class Finish:
+    """The call is over. ``attempt`` is the one whose result the application gets
+    (None: the plan itself failed the call with ``code`` / ``details``). ``trailers``
+    are extra trailing metadata (``grpc-previous-rpc-attempts``) to add."""
+
+    __slots__ = ("attempt", "code", "details", "trailers")
+
+    def __init__(
+        self, attempt: Attempt | None, code: Code, details: str, trailers: Metadata = ()
+    ) -> None:
+        self.attempt = attempt
+        self.code = code
+        self.details = details
+        self.trailers = trailers
+
+    def __repr__(self) -> str:
+        return f"Finish({self.attempt!r}, {self.code.name}, {self.details!r})"
+
+
+Action = Send | Cancel | Commit | Finish
+
+
+class AttemptPlan:
+    """One call's plan. Not thread-safe: a driver feeding it from several threads
+    holds one lock around each input."""
+
+    def __init__(
+        self,
+        kind: Kind,
+        picking: Picking,
+        info: PickInfo,
+        *,
+        metadata: Metadata | None,
+        deadline: float | None,
+        wait_for_ready: bool,
+        retry: RetryPolicy | None,
+        hedging: HedgingPolicy | None,
+        throttle: RetryThrottle | None,
+        emit: Callable[[Event, Any, Code | None], None],
+        clock: Callable[[], float],
+        rng: random.Random | None = None,
+        replayable: bool = True,
+        buffer_limit: int = DEFAULT_BUFFER_LIMIT,
+    ) -> None:
+        self.kind = kind
+        self._picking = picking
+        self.info = info
+        self._metadata = tuple(metadata or ())
+        self.deadline = deadline
+        self._wait_for_ready = wait_for_ready
+        self._retry = retry
+        self._hedging = hedging
+        self._throttle = throttle
+        self._emit = emit
+        self._clock = clock
+        self._rng = rng
+        #: False once requests can no longer be re-sent (buffer limit, write-mode
+        #: stream already written to): the next attempt is the last.
+        self._replayable = replayable
+        self._buffer_limit = buffer_limit
+        self._buffered = 0
+        self.state = State.IDLE
+        #: When the driver must call :meth:`on_timer` (None: no timer).
+        self.wake_at: float | None = None
+        #: The picker generation whose replacement the driver must report (:meth:`on_picker`).
+        self.waiting_on: PickerGeneration | None = None
+        self.running: list[Attempt] = []
+        #: Attempts that reached a server (retryPolicy.maxAttempts counts these).
+        self._counted = 0
+        #: Attempts sent so far (their number is the next one's previous-attempts count).
+        self._sent = 0
+        self._transparent = 0
+        self._hedge_limit = hedging.max_attempts if hedging is not None else 1
+        self._last_failure: tuple[Attempt, Code, str] | None = None
+        self.committed: Attempt | None = None
+        self.outcome: Finish | None = None
+
+    # -- inputs ---------------------------------------------------------------------------
+    def start(self) -> list[Action]:
+        return self._step(Input.START, None)
+
+    def on_picker(self) -> list[Action]:
+        """The picker the plan was waiting on was replaced."""
+        return self._step(Input.PICKER, None)
+
+    def on_timer(self) -> list[Action]:
+        return self._step(Input.TIMER, None)
+
+    def on_end(
+        self, attempt: Attempt, code: Code, details: str | None, trailers: Metadata | None = None
+    ) -> list[Action]:
+        """``attempt`` ended with ``code`` (its accounting is done here)."""
+        attempt.finish(code, details, trailers)
+        return self._step(Input.END, (attempt, code, details or "", trailers))
+
+    def on_response(self, attempt: Attempt) -> list[Action]:
+        """The first response message of ``attempt`` arrived (streaming responses)."""
+        return self._step(Input.RESPONSE, attempt)
+
+    def on_buffered(self, nbytes: int) -> list[Action]:
+        """The application gave ``nbytes`` more request bytes (streaming requests)."""
+        return self._step(Input.BUFFERED, nbytes)
+
+    def cancel(self) -> list[Action]:
+        return self._step(Input.CANCEL, None)
+
+    @property
+    def done(self) -> bool:
+        return self.state is State.DONE
+
+    def _step(self, what: Input, arg: Any) -> list[Action]:
+        handler = _TRANSITIONS.get((self.state, what))
+        if handler is None:
+            raise PlanError(f"attempt plan: no transition for {what.name} in {self.state.name}")
+        return handler(self, arg)
+
+    # -- handlers -------------------------------------------------------------------------
+    def _h_start(self, _: Any) -> list[Action]:
+        return self._pick()
+
+    def _h_ignore(self, _: Any) -> list[Action]:
+        return []
+
+    def _h_wait_over(self, _: Any) -> list[Action]:
+        """WAITING: the picker changed, or the wait's bound came."""
+        now = self._clock()
+        if (
+            self.deadline is not None
+            and now >= self.deadline
+            and self._picking.generation is self.waiting_on
+        ):
+            return self._fail(
+                Code.DEADLINE_EXCEEDED,
+                f"deadline exceeded while waiting for a backend: {self._picking.why_waiting()}",
+            )
+        if (
+            self.wake_at is not None
+            and now < self.wake_at
+            and self._picking.generation is self.waiting_on
+        ):
+            return []  # a stale timer: still waiting
+        return self._pick()
+
+    def _h_backoff_over(self, _: Any) -> list[Action]:
+        if self.wake_at is not None and self._clock() < self.wake_at:
+            return []
+        return self._pick()
+
+    def _h_hedge_timer(self, _: Any) -> list[Action]:
+        if self.wake_at is None or self._clock() < self.wake_at:
+            return []
+        return self._next_hedge()
+
+    def _h_end(self, arg: tuple[Attempt, Code, str, Metadata | None]) -> list[Action]:
+        attempt, code, details, trailers = arg
+        if attempt not in self.running:
+            return []  # a hedge cancelled earlier
+        self.running.remove(attempt)
+        if code is Code.OK:
+            return self._won(attempt)
+        return self._failed(attempt, code, details, trailers)
+
+    def _h_end_committed(self, arg: tuple[Attempt, Code, str, Metadata | None]) -> list[Action]:
+        attempt, code, details, _ = arg
+        if attempt is not self.committed:
+            return []
+        self.running = []
+        if code is Code.OK and (self._retry is not None or self._hedging is not None):
+            record_success(self._throttle)
+        return self._finish(Finish(attempt, code, details, self._previous(attempt)))
+
+    def _h_end_done(self, arg: tuple[Attempt, Code, str, Metadata | None]) -> list[Action]:
+        attempt = arg[0]
+        if attempt in self.running:
+            self.running.remove(attempt)
+        return []
+
+    def _h_response(self, attempt: Attempt) -> list[Action]:
+        if attempt not in self.running:
+            return []
+        return self._commit(attempt)
+
+    def _h_buffered(self, nbytes: int) -> list[Action]:
+        self._buffered += nbytes
+        if self._buffered <= self._buffer_limit or not self._replayable:
+            return []
+        self._replayable = False  # no later attempt could replay what was dropped
+        if self.state is State.ATTEMPTING and self.running:
+            return self._commit(self.running[0])
+        return []
+
+    def _h_cancel(self, _: Any) -> list[Action]:
+        actions: list[Action] = [Cancel(a) for a in self.running]
+        if self.state is State.COMMITTED:
+            return actions  # the attempt ends CANCELLED and finishes the call
+        self.running = []
+        return actions + self._finish(Finish(None, Code.CANCELLED, CANCELLED_DETAILS))
+
+    # -- decisions ------------------------------------------------------------------------
+    def _pick(self) -> list[Action]:
+        try:
+            sc = self._picking.pick(self.info, self._wait_for_ready)
+        except PickError as err:
+            return self._fail(err.code, err.message)
+        if sc is None:
+            return self._wait_for_picker(self.deadline)
+        return self._send(sc)
+
+    def _wait_for_picker(self, until: float | None) -> list[Action]:
+        now = self._clock()
+        if self.deadline is not None:
+            if now >= self.deadline:
+                return self._fail(
+                    Code.DEADLINE_EXCEEDED,
+                    f"deadline exceeded while waiting for a backend: {self._picking.why_waiting()}",
+                )
+            until = self.deadline if until is None else min(until, self.deadline)
+        self.state = State.WAITING
+        self.waiting_on = self._picking.generation
+        self.wake_at = until
+        return []
+
+    def _send(self, sc: Any) -> list[Action]:
+        now = self._clock()
+        timeout = None
+        if self.deadline is not None:
+            timeout = self.deadline - now
+            if timeout <= 0:
+                return self._fail(Code.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        number = self._sent
+        metadata = self._metadata
+        if number:
+            metadata = (
+                *(kv for kv in metadata if kv[0] != PREVIOUS_ATTEMPTS_KEY),
+                (PREVIOUS_ATTEMPTS_KEY, str(number)),
+            )
+        attempt = Attempt(sc, number, metadata, timeout)
+        self._sent += 1
+        self.running.append(attempt)
+        self.info.exclude = self.info.exclude | {sc}
+        self.state = State.ATTEMPTING
+        self.waiting_on = None
+        self.wake_at = None
+        if self._hedging is not None:
+            if number:
+                self._emit(Event.HEDGE, sc, None)
+            if self._sent < self._hedge_limit:
+                self.wake_at = now + self._hedging.delay_s
+        return [Send(attempt)]
+
+    def _next_hedge(self) -> list[Action]:
+        policy = self._hedging
+        assert policy is not None
+        self.wake_at = None
+        if self._sent >= self._hedge_limit:
+            return self._maybe_give_up()
+        if not may_send_hedge(policy, self._sent, self._throttle):
+            self._emit(Event.THROTTLED, None, None)
+            self._hedge_limit = self._sent
+            return self._maybe_give_up()
+        if not self.running:
+            return self._pick()  # nothing in flight: this one may wait for a backend
+        sc = self._picking.pick_now(self.info)
+        if sc is None:  # a hedge never waits: the others may answer meanwhile
+            self.wake_at = self._clock() + policy.delay_s
+            return []
+        return self._send(sc)
+
+    def _maybe_give_up(self) -> list[Action]:
+        if self.running:
+            return []
+        assert self._last_failure is not None
+        attempt, code, details = self._last_failure
+        return self._finish(Finish(attempt, code, details, self._previous(attempt)))
+
+    def _won(self, attempt: Attempt) -> list[Action]:
+        if self._retry is not None or self._hedging is not None:
+            record_success(self._throttle)
+        actions: list[Action] = [Cancel(a) for a in self.running]
+        self.running = []
+        self.committed = attempt
+        return actions + self._finish(Finish(attempt, Code.OK, "", self._previous(attempt)))
+
+    def _commit(self, attempt: Attempt) -> list[Action]:
+        actions: list[Action] = [Cancel(a) for a in self.running if a is not attempt]
+        self.running = [attempt]
+        self.committed = attempt
+        self._replayable = False
+        if self.kind.unary_response:
+            # the response is still to come: no retries from now on
+            self._retry = None
+            self._hedging = None
+            self._hedge_limit = self._sent
+            self.wake_at = None
+            return [*actions, Commit(attempt)]
+        self.state = State.COMMITTED
+        self.wake_at = None
+        return [*actions, Commit(attempt)]
+
+    def _failed(
+        self, attempt: Attempt, code: Code, details: str, trailers: Metadata | None
+    ) -> list[Action]:
+        self._last_failure = (attempt, code, details)
+        if self.committed is attempt:
+            return self._finish(Finish(attempt, code, details, self._previous(attempt)))
+        not_sent = never_reached_server(code, details)
+        if not_sent:
+            self._emit(Event.TRANSPARENT_RETRY, attempt.subchannel, code)
+        if self._hedging is not None:
+            return self._hedge_failed(attempt, code, details, not_sent)
+        if not_sent and self._replayable and self._transparent < MAX_TRANSPARENT_RETRIES:
+            self._transparent += 1
+            self._sent -= 1  # it never left: the next one is not a retry
+            # The picker has not seen the failure yet: give the subchannel's state
+            # change a moment to land rather than re-sending blindly.
+            return self._wait_for_picker(self._clock() + TRANSPARENT_WAIT_S)
+        retry = self._retry
+        if retry is None or not self._replayable:
+            return self._finish(Finish(attempt, code, details, self._previous(attempt)))
+        self._counted += 1
+        delay = retry_delay_s(
+            retry, code, self._counted, self._throttle, _pushback_ms(trailers), self._rng
+        )
+        if delay is None:
+            if (
+                self._throttle is not None
+                and code in retry.retryable_codes
+                and self._counted < retry.max_attempts
+            ):
+                self._emit(Event.THROTTLED, attempt.subchannel, code)
+            return self._finish(Finish(attempt, code, details, self._previous(attempt)))
+        now = self._clock()
+        if self.deadline is not None and now + delay >= self.deadline:
+            return self._fail(
+                Code.DEADLINE_EXCEEDED,
+                "Deadline Exceeded (no time left for another attempt; the last one "
+                f"failed with {code.name}: {details})",
+                previous=self._sent,
+            )
+        self._emit(Event.RETRY, attempt.subchannel, code)
+        self.state = State.BACKOFF
+        self.wake_at = now + delay
+        return []
+
+    def _hedge_failed(
+        self, attempt: Attempt, code: Code, details: str, not_sent: bool
+    ) -> list[Action]:
+        policy = self._hedging
+        assert policy is not None
+        if not not_sent and hedge_failure_is_fatal(policy, code, self._throttle):
+            actions: list[Action] = [Cancel(a) for a in self.running]
+            self.running = []
+            return actions + self._finish(Finish(attempt, code, details, self._previous(attempt)))
+        if not_sent and self._transparent < MAX_TRANSPARENT_RETRIES:
+            self._transparent += 1
+            self._hedge_limit = min(
+                self._hedge_limit + 1, policy.max_attempts + MAX_TRANSPARENT_RETRIES
+            )
+        return self._next_hedge()  # a non-fatal failure: the next hedge goes now
+
+    def _fail(self, code: Code, details: str, previous: int | None = None) -> list[Action]:
+        actions: list[Action] = [Cancel(a) for a in self.running]
+        self.running = []
+        n = self._sent if previous is None else previous
+        trailers = ((PREVIOUS_ATTEMPTS_KEY, str(n)),) if n else ()
+        return actions + self._finish(Finish(None, code, details, trailers))
+
+    def _finish(self, finish: Finish) -> list[Action]:
+        self.state = State.DONE
+        self.wake_at = None
+        self.waiting_on = None
+        self.outcome = finish
+        return [finish]
+
+    @staticmethod
+    def _previous(attempt: Attempt) -> Metadata:
+        n = attempt.number
+        return ((PREVIOUS_ATTEMPTS_KEY, str(n)),) if n else ()
+
+    def __repr__(self) -> str:
+        return f"<AttemptPlan {self.kind.name} {self.state.name} running={self.running}>"
+
+
+def _pushback_ms(trailers: Metadata | None) -> int | None:
+    if not trailers:
+        return None
+    return parse_pushback([v for k, v in trailers if k == PUSHBACK_KEY])
+
+
+_S, _I = State, Input
+_P = AttemptPlan
+#: (state, input) -> handler. A pair that is not here is a driver bug: PlanError.
+_TRANSITIONS: dict[tuple[State, Input], Callable[[AttemptPlan, Any], list[Action]]] = {
+    (_S.IDLE, _I.START): _P._h_start,
+    (_S.IDLE, _I.CANCEL): _P._h_cancel,
+    (_S.IDLE, _I.BUFFERED): _P._h_buffered,
+    (_S.WAITING, _I.PICKER): _P._h_wait_over,
+    (_S.WAITING, _I.TIMER): _P._h_wait_over,
+    (_S.WAITING, _I.CANCEL): _P._h_cancel,
+    (_S.WAITING, _I.BUFFERED): _P._h_buffered,
+    (_S.ATTEMPTING, _I.END): _P._h_end,
+    (_S.ATTEMPTING, _I.RESPONSE): _P._h_response,
+    (_S.ATTEMPTING, _I.TIMER): _P._h_hedge_timer,
+    (_S.ATTEMPTING, _I.PICKER): _P._h_ignore,
+    (_S.ATTEMPTING, _I.BUFFERED): _P._h_buffered,
+    (_S.ATTEMPTING, _I.CANCEL): _P._h_cancel,
+    (_S.BACKOFF, _I.TIMER): _P._h_backoff_over,
+    (_S.BACKOFF, _I.PICKER): _P._h_ignore,
+    (_S.BACKOFF, _I.BUFFERED): _P._h_buffered,
+    (_S.BACKOFF, _I.CANCEL): _P._h_cancel,
+    (_S.COMMITTED, _I.END): _P._h_end_committed,
+    (_S.COMMITTED, _I.RESPONSE): _P._h_ignore,
+    (_S.COMMITTED, _I.TIMER): _P._h_ignore,
+    (_S.COMMITTED, _I.PICKER): _P._h_ignore,
+    (_S.COMMITTED, _I.BUFFERED): _P._h_ignore,
+    (_S.COMMITTED, _I.CANCEL): _P._h_cancel,
+    (_S.DONE, _I.END): _P._h_end_done,
+    (_S.DONE, _I.RESPONSE): _P._h_ignore,
+    (_S.DONE, _I.TIMER): _P._h_ignore,
+    (_S.DONE, _I.PICKER): _P._h_ignore,
+    (_S.DONE, _I.BUFFERED): _P._h_ignore,
+    (_S.DONE, _I.CANCEL): _P._h_ignore,
+}
