@@ -476,8 +476,9 @@ async def test_bidi_stream_with_an_iterator_retries_before_the_first_response(
     assert bad is not None and bad.calls > 0
 
 
-async def test_bidi_stream_written_by_hand_is_not_retried() -> None:
-    # write()/read() style: the messages are not ours to replay, so the error shows
+async def test_bidi_stream_written_by_hand_is_retried_with_its_writes_replayed() -> None:
+    # write()/read() style: writes go to the replay buffer too (as grpc-go's SendMsg),
+    # so a failing attempt is retried with them until maxAttempts
     fleet = GreeterFleet(1, faults=[Faults(fail_rate=1.0)])
     async with (
         fleet,
@@ -489,19 +490,23 @@ async def test_bidi_stream_written_by_hand_is_not_retried() -> None:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await chat.read()
         assert info.value.code() is UNAVAILABLE
-    assert fleet.servers[0].servicer is not None and fleet.servers[0].servicer.calls == 1
+        trailers = dict(info.value.trailing_metadata() or ())
+        assert trailers.get("grpc-previous-rpc-attempts") == "4"
+    assert fleet.servers[0].servicer is not None and fleet.servers[0].servicer.calls == 5
 
 
 async def test_replayable_requests_replay_then_forget_after_commit() -> None:
-    from grpc_balancer._attempts.replay import ReplayableRequests
+    from grpc_balancer._attempts.replay import AsyncRequests
 
-    replay = ReplayableRequests(iter(range(5)))
+    sizes: list[int] = []
+    replay = AsyncRequests(iter([Req(name=str(i)) for i in range(5)]), sizes.append)
     first = replay.replay()
-    assert [await first.__anext__() for _ in range(3)] == [0, 1, 2]  # attempt 1 dies here
+    assert [(await first.__anext__()).name for _ in range(3)] == ["0", "1", "2"]  # attempt 1 dies
     second = replay.replay()
     replay.commit()
-    assert [x async for x in second] == [0, 1, 2, 3, 4]
-    assert replay._buffer == []  # nothing kept once committed
+    assert [x.name async for x in second] == ["0", "1", "2", "3", "4"]
+    assert replay._buffer.items == []  # nothing kept once committed
+    assert sizes == [Req(name="0").ByteSize()] * 3  # sizes reported until the commit
 
 
 class _StubbornPicker:

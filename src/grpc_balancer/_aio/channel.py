@@ -29,20 +29,19 @@ from grpc_balancer._aio.calls import (
     BalancedStreamUnaryMultiCallable,
     BalancedUnaryStreamMultiCallable,
     BalancedUnaryUnaryMultiCallable,
-    rpc_error,
 )
 from grpc_balancer._attempts.retry import MethodPolicy, RetryThrottle
 from grpc_balancer._config.method_config import make_throttle
 from grpc_balancer._config.service_config import ServiceConfig, load_service_config
 from grpc_balancer._core.health import HealthChecking
-from grpc_balancer._core.limits import SATURATED_CODE, saturated_message
 from grpc_balancer._core.outlier import OutlierDetector
+from grpc_balancer._core.picking import Picking
 from grpc_balancer._core.status import ChannelStatus, channel_status
 from grpc_balancer._observe.events import Observer, emit
 from grpc_balancer._observe.instrument import ChannelInstrument, for_channel
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.errors import ChannelClosedError
-from grpc_balancer.picker import FailPicker, Picker, PickError, PickInfo, QueuePicker
+from grpc_balancer.picker import FailPicker, Picker
 from grpc_balancer.policies.base import Policy, get_policy_factory
 from grpc_balancer.resolvers.base import Resolver, ResolverOptions, get_resolver_factory
 from grpc_balancer.subchannel import ChannelOptions, Subchannel
@@ -83,10 +82,8 @@ class BalancedChannel(grpc.aio.Channel):
         self._interceptors = list(interceptors or ())
         self._options = _merge_options(options)
         self._resolver_options = resolver_options or ResolverOptions()
-        self._picker: Picker = QueuePicker()
-        self._state: Connectivity = Connectivity.IDLE
-        self._picker_changed: asyncio.Future[None] | None = None
         self._subchannels: set[Subchannel] = set()
+        self._state: Connectivity = Connectivity.IDLE
         self._resolver: Resolver | None = None
         self._policy: Policy | None = None
         self._have_endpoints = False
@@ -97,6 +94,14 @@ class BalancedChannel(grpc.aio.Channel):
         self.throttle: RetryThrottle | None = make_throttle(self.config.throttling)
         #: circuitBreakers.maxRequests (0: no per-backend limit).
         self.max_requests = self.config.max_requests_per_backend
+        #: The one pick seam: picker + change signal, read by every call's plan.
+        self.picking = Picking(
+            self._target.raw,
+            self._subchannels,
+            self.max_requests,
+            self.emit,
+            self.describe_state,
+        )
         #: Called as ``observer(event, subchannel, code)``; see :mod:`grpc_balancer._observe.events`.
         self.observers: list[Observer] = []
         self._outlier: OutlierDetector | None = None
@@ -176,7 +181,7 @@ class BalancedChannel(grpc.aio.Channel):
 
     async def wait_for_state_change(self, last_observed_state: Connectivity) -> None:
         while self._state is last_observed_state:
-            await asyncio.shield(self._next_picker_future())
+            await self._next_picker()
 
     async def channel_ready(self) -> None:
         self._ensure_started()
@@ -197,7 +202,7 @@ class BalancedChannel(grpc.aio.Channel):
             if remaining <= 0:
                 return False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._next_picker_future()), remaining)
+                await asyncio.wait_for(self._next_picker(), remaining)
         return True
 
     def _settled(self) -> bool:
@@ -260,117 +265,12 @@ class BalancedChannel(grpc.aio.Channel):
         if self.observers:
             emit(self.observers, event, subchannel, code)
 
-    # -- picking (used by the call objects) ---------------------------------------------------------
-    def pick_now(self, info: PickInfo, wait_for_ready: bool) -> Subchannel | None:
-        """The fast path: the current picker's answer, or ``None`` to wait in :meth:`pick`."""
-        if self._closed or self._loop is None:
-            return None
-        try:
-            return self._picker.pick(info)
-        except PickError as err:
-            if wait_for_ready and err.code is grpc.StatusCode.UNAVAILABLE:
-                return None
-            raise rpc_error(err.code, err.message) from None
-
-    async def pick(
-        self, info: PickInfo, deadline: float | None, wait_for_ready: bool
-    ) -> Subchannel:
-        """The subchannel for one attempt, waiting for a better picker when none is ready.
-
-        Raises ``grpc.aio.AioRpcError``: UNAVAILABLE (nothing reachable), DEADLINE_EXCEEDED
-        (still nothing when the deadline came), or the picker's own error.
-        """
+    # -- picking (the calls' plans use self.picking) ------------------------------------------
+    def loop_for_call(self) -> asyncio.AbstractEventLoop:
+        """The loop a new call runs on (starting the channel on first use)."""
         self._ensure_started()
-        while True:
-            picker = self._picker
-            try:
-                sc = picker.pick(info)
-            except PickError as err:
-                if not (wait_for_ready and err.code is grpc.StatusCode.UNAVAILABLE):
-                    raise rpc_error(err.code, err.message) from None
-                sc = None
-            if sc is not None:
-                return sc
-            await self._wait_for_picker_after(picker, deadline)
-
-    def avoid_tried(self, info: PickInfo, picked: Subchannel) -> Subchannel:
-        """A retry's picker chose a backend this call already tried (a policy that
-        ignores ``PickInfo.exclude``): take the least loaded untried usable backend of
-        the same priority instead, if there is one."""
-        others = [
-            sc
-            for sc in self._subchannels
-            if sc.usable
-            and sc not in info.exclude
-            and sc.endpoint.priority == picked.endpoint.priority
-        ]
-        return min(others, key=lambda sc: sc.in_flight) if others else picked
-
-    def pick_unsaturated(self, info: PickInfo, first: Subchannel) -> Subchannel:
-        """``first`` is at ``circuitBreakers.maxRequests``: ask the picker again without
-        it (and any other saturated one); failing that, the least loaded usable backend
-        under the limit; if there is none, fail fast with RESOURCE_EXHAUSTED."""
-        limit = self.max_requests
-        skipped = {first}
-        self.emit("saturated", first, None)
-        original = info.exclude
-        try:
-            for _ in range(len(self._subchannels)):
-                info.exclude = original | skipped
-                try:
-                    sc = self._picker.pick(info)
-                except PickError:
-                    break
-                if sc is None or sc in skipped:
-                    break
-                if sc.in_flight < limit:
-                    return sc
-                skipped.add(sc)
-                self.emit("saturated", sc, None)
-        finally:
-            info.exclude = original
-        spare = [sc for sc in self._subchannels if sc.usable and sc.in_flight < limit]
-        if spare:
-            return min(spare, key=lambda sc: sc.in_flight)
-        self.emit("rejected", None, SATURATED_CODE)
-        busy = [sc.address for sc in self._subchannels if sc.usable]
-        raise rpc_error(SATURATED_CODE, saturated_message(self._target.raw, limit, busy))
-
-    async def wait_for_picker_change(
-        self, picker: Picker, deadline: float | None, at_most: float
-    ) -> None:
-        """Wait until ``picker`` is replaced, for at most ``at_most`` s and never past
-        ``deadline`` (returns quietly either way)."""
-        if self._picker is not picker:
-            return
-        timeout = at_most if deadline is None else min(at_most, deadline - time.monotonic())
-        if timeout <= 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._next_picker_future()), timeout)
-
-    async def _wait_for_picker_after(self, picker: Picker, deadline: float | None) -> None:
-        if self._picker is not picker:
-            return
-        timeout = None if deadline is None else deadline - time.monotonic()
-        if timeout is not None and timeout <= 0:
-            raise self._deadline_error()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._next_picker_future()), timeout)
-        except TimeoutError:
-            raise self._deadline_error() from None
-
-    def _deadline_error(self) -> grpc.aio.AioRpcError:
-        picker = self._picker
-        why = (
-            picker.error.message
-            if isinstance(picker, FailPicker)
-            else f"no backend of {self._target.raw!r} was ready ({self.describe_state()})"
-        )
-        return rpc_error(
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            f"deadline exceeded while waiting for a backend: {why}",
-        )
+        assert self._loop is not None
+        return self._loop
 
     def describe_state(self) -> str:
         if self._resolver_error and not self._have_endpoints:
@@ -384,19 +284,22 @@ class BalancedChannel(grpc.aio.Channel):
         )
         return subs or "all backends busy"
 
-    def _next_picker_future(self) -> asyncio.Future[None]:
-        if self._picker_changed is None:
-            self._picker_changed = asyncio.get_running_loop().create_future()
-        return self._picker_changed
+    async def _next_picker(self) -> None:
+        """Wait until the current picker is replaced."""
+        future = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not future.done():
+                future.get_loop().call_soon_threadsafe(_resolve, future)
+
+        self.picking.generation.changed.add_callback(wake)
+        await future
 
     def _publish(self, state: Connectivity, picker: Picker) -> None:
-        self._picker = picker
         if state is not self._state:
             log.debug("%s: channel %s -> %s", self._target.raw, self._state.name, state.name)
             self._state = state
-        waiters, self._picker_changed = self._picker_changed, None
-        if waiters is not None and not waiters.done():
-            waiters.set_result(None)
+        self.picking.publish(state, picker)
 
     # -- ResolverListener ------------------------------------------------------------------------
     def on_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
@@ -505,7 +408,7 @@ class BalancedChannel(grpc.aio.Channel):
 
     @property
     def picker(self) -> Picker:
-        return self._picker
+        return self.picking.generation.picker
 
     def status(self) -> ChannelStatus:
         """A snapshot of the channel for humans and dashboards: target, resolver state,
@@ -539,3 +442,8 @@ def _with_authority(options: list[tuple[str, Any]], resolver: Resolver) -> list[
     if not authority or keys & {"grpc.default_authority", "grpc.ssl_target_name_override"}:
         return options
     return [*options, ("grpc.default_authority", authority)]
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -254,8 +254,9 @@ class AttemptPlan:
         """The application gave ``nbytes`` more request bytes (streaming requests)."""
         return self._step(Input.BUFFERED, nbytes)
 
-    def cancel(self) -> list[Action]:
-        return self._step(Input.CANCEL, None)
+    def cancel(self, details: str = CANCELLED_DETAILS) -> list[Action]:
+        """The application cancelled (or the channel closed: ``details`` say which)."""
+        return self._step(Input.CANCEL, details)
 
     @property
     def done(self) -> bool:
@@ -342,12 +343,12 @@ class AttemptPlan:
             return self._commit(self.running[0])
         return []
 
-    def _h_cancel(self, _: Any) -> list[Action]:
+    def _h_cancel(self, details: str | None) -> list[Action]:
         actions: list[Action] = [Cancel(a) for a in self.running]
         if self.state is State.COMMITTED:
             return actions  # the attempt ends CANCELLED and finishes the call
         self.running = []
-        return actions + self._finish(Finish(None, Code.CANCELLED, CANCELLED_DETAILS))
+        return actions + self._finish(Finish(None, Code.CANCELLED, details or CANCELLED_DETAILS))
 
     # -- decisions ------------------------------------------------------------------------
     def _pick(self) -> list[Action]:

@@ -1,62 +1,117 @@
-"""Request messages of a client-streaming call, kept until the call commits so a retry
-can send them again (gRFC A6 buffers them the same way).
+"""Request messages of a client-streaming call, kept until the call commits so another
+attempt can send them again (gRFC A6; grpc-go bounds the buffer the same way).
 
-Each attempt reads the stream through :meth:`ReplayableRequests.replay`: first what
-earlier attempts already took, then new messages from the application's iterator.
-Messages are pulled in a task of their own, so an attempt that dies mid-pull never
-loses one (nor cancels the application's generator). After :meth:`commit` nothing is
-kept any more.
+Each attempt reads the stream through ``replay()``: first what earlier attempts
+already took, then new messages. Every new message's size is reported to the plan
+(``on_size``), which commits the call once the buffer passes its limit; after
+:meth:`commit` nothing is kept. :class:`AsyncRequests` pulls from the application's
+(async or plain) iterator in a task of its own, so an attempt that dies mid-pull
+never loses a message, or takes ``write()`` / ``done_writing()`` pushes;
+:class:`SyncRequests` is the thread-safe variant grpcio's sync channel reads from
+its own thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+SizeCallback = Callable[[int], None]
 
-class ReplayableRequests:
-    def __init__(self, source: Any) -> None:
-        self._aiter: AsyncIterator[Any] | None = None
-        self._iter: Iterator[Any] | None = None
-        if hasattr(source, "__aiter__"):
-            self._aiter = source.__aiter__()
-        else:
-            self._iter = iter(source)
-        self._buffer: list[Any] = []
-        self._base = 0  # index (in the whole stream) of self._buffer[0]
-        self._ended = False
-        self._committed = False
-        self._pull: asyncio.Task[None] | None = None
+
+def message_size(message: Any) -> int:
+    """Serialized size of a request (protobuf's ``ByteSize``; 0 if unknown)."""
+    size = getattr(message, "ByteSize", None)
+    return int(size()) if size is not None else 0
+
+
+class _Buffer:
+    """The kept messages, and where in the whole stream the first of them is."""
+
+    def __init__(self, on_size: SizeCallback | None) -> None:
+        self.items: list[Any] = []
+        self.base = 0
+        self.ended = False
+        self.committed = False
+        self.error: BaseException | None = None
+        self._on_size = on_size
+
+    def add(self, item: Any) -> None:
+        self.items.append(item)
+        if self._on_size is not None and not self.committed:
+            self._on_size(message_size(item))
+
+    def get(self, position: int) -> tuple[bool, Any]:
+        """(True, message) at ``position``, or (False, None) if it is not there yet."""
+        index = position - self.base
+        if index < len(self.items):
+            item = self.items[index]
+            if self.committed:
+                del self.items[: index + 1]
+                self.base = position + 1
+            return True, item
+        return False, None
 
     def commit(self) -> None:
-        """The call is committed to one attempt: stop keeping messages for replays."""
-        self._committed = True
+        self.committed = True
 
+
+class AsyncRequests:
+    def __init__(self, source: Any, on_size: SizeCallback | None = None) -> None:
+        self._aiter: AsyncIterator[Any] | None = None
+        self._iter: Iterator[Any] | None = None
+        if source is not None and hasattr(source, "__aiter__"):
+            self._aiter = source.__aiter__()
+        elif source is not None:
+            self._iter = iter(source)
+        self.pushed = source is None  # write() / done_writing() mode
+        self._buffer = _Buffer(on_size)
+        self._pull: asyncio.Task[None] | None = None
+        self._arrived: asyncio.Event | None = None
+
+    def commit(self) -> None:
+        self._buffer.commit()
+
+    # -- write mode --------------------------------------------------------------------
+    def write(self, message: Any) -> None:
+        if self._buffer.ended:
+            raise RuntimeError("write() after done_writing()")
+        self._buffer.add(message)
+        self._wake()
+
+    def done_writing(self) -> None:
+        self._buffer.ended = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._arrived is not None:
+            self._arrived.set()
+            self._arrived = None
+
+    # -- attempts read here --------------------------------------------------------------
     async def replay(self) -> AsyncIterator[Any]:
-        position = self._base
+        buffer = self._buffer
+        position = buffer.base
         while True:
-            index = position - self._base
-            if index < len(self._buffer):
-                item = self._buffer[index]
+            have, item = buffer.get(position)
+            if have:
                 position += 1
-                if self._committed:
-                    self._drop_before(position)
                 yield item
                 continue
-            if self._ended:
+            if buffer.error is not None:
+                raise buffer.error  # the application's iterator raised: fail this attempt
+            if buffer.ended:
                 return
+            if self.pushed:
+                if self._arrived is None:
+                    self._arrived = asyncio.Event()
+                await self._arrived.wait()
+                continue
             if self._pull is None or self._pull.done():
                 self._pull = asyncio.get_running_loop().create_task(self._pull_one())
-            pull = self._pull
-            await asyncio.shield(pull)
-            pull.result()  # the application's iterator raised: fail this attempt with it
-
-    def _drop_before(self, position: int) -> None:
-        drop = position - self._base
-        if drop > 0:
-            del self._buffer[:drop]
-            self._base = position
+            await asyncio.shield(self._pull)
 
     async def _pull_one(self) -> None:
         try:
@@ -66,6 +121,45 @@ class ReplayableRequests:
                 assert self._iter is not None
                 item = next(self._iter)
         except (StopAsyncIteration, StopIteration):
-            self._ended = True
+            self._buffer.ended = True
             return
-        self._buffer.append(item)
+        except Exception as exc:
+            self._buffer.error = exc
+            return
+        self._buffer.add(item)
+
+
+class SyncRequests:
+    """grpcio's sync channel consumes a request iterator in its own thread."""
+
+    def __init__(self, source: Any, on_size: SizeCallback | None = None) -> None:
+        self._source = iter(source)
+        self._lock = threading.Lock()
+        self._buffer = _Buffer(None)  # sizes are reported outside the lock
+        self._on_size = on_size
+
+    def commit(self) -> None:
+        with self._lock:
+            self._buffer.commit()
+
+    def replay(self) -> Iterator[Any]:
+        position = self._buffer.base
+        while True:
+            new = False
+            with self._lock:
+                have, item = self._buffer.get(position)
+                if not have:
+                    if self._buffer.ended:
+                        return
+                    try:
+                        item = next(self._source)
+                    except StopIteration:
+                        self._buffer.ended = True
+                        return
+                    self._buffer.add(item)
+                    new = not self._buffer.committed
+                    have, item = self._buffer.get(position)
+            if new and self._on_size is not None:
+                self._on_size(message_size(item))
+            position += 1
+            yield item

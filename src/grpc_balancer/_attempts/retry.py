@@ -9,6 +9,7 @@ a clock; callers pass in what happened and get back what to do.
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -73,19 +74,22 @@ class RetryThrottle:
     ``token_ratio`` extra attempts per successful call, instead of ``maxAttempts``.
     """
 
-    __slots__ = ("max_tokens", "token_ratio", "tokens")
+    __slots__ = ("_lock", "max_tokens", "token_ratio", "tokens")
 
     def __init__(self, max_tokens: float, token_ratio: float) -> None:
         self.max_tokens = float(max_tokens)
         self.token_ratio = float(token_ratio)
         self.tokens = self.max_tokens
+        self._lock = threading.Lock()  # sync calls update it from many threads
 
     def on_success(self) -> None:
         if self.tokens < self.max_tokens:
-            self.tokens = min(self.max_tokens, self.tokens + self.token_ratio)
+            with self._lock:
+                self.tokens = min(self.max_tokens, self.tokens + self.token_ratio)
 
     def on_failure(self) -> None:
-        self.tokens = max(0.0, self.tokens - 1.0)
+        with self._lock:
+            self.tokens = max(0.0, self.tokens - 1.0)
 
     def allows_retry(self) -> bool:
         return self.tokens > self.max_tokens / 2

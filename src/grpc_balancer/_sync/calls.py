@@ -1,47 +1,42 @@
-"""Multicallables of :class:`~grpc_balancer._sync.channel.SyncBalancedChannel`.
+"""The sync drivers: multicallables of :class:`~grpc_balancer._sync.channel.SyncBalancedChannel`.
 
-A call runs in the caller's thread: pick on the current picker, send on that
-endpoint's sync grpcio channel, count it on the subchannel, and re-send elsewhere when
-the attempt never reached a server. ``methodConfig`` (timeout, waitForReady,
-retryPolicy, hedgingPolicy), ``retryThrottling`` and ``circuitBreakers`` apply as in
-the async calls: the decisions come from the same I/O-free core (:mod:`grpc_balancer._attempts.retry`).
-Streaming calls pick once and return grpcio's own call object, so iteration,
-``cancel()`` and metadata behave exactly as with a plain grpcio channel.
+Every decision is the call's :class:`~grpc_balancer._attempts.plan.AttemptPlan`; the
+drivers only do I/O on the endpoint's grpcio channel:
+
+* blocking unary calls run in the caller's thread: the common case is one blocking
+  grpcio call and nothing else (no thread hop, no future);
+* ``.future()``, hedged calls and streams are driven by grpcio's done-callbacks, loop
+  timers and picker changes (:class:`_Driven`), with no thread of ours per call.
 """
 
 from __future__ import annotations
 
-import queue
+import collections
+import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
-import grpc.aio
 
-from grpc_balancer._aio.calls import (
-    MAX_TRANSPARENT_RETRIES,
-    _error_with_attempts,
-    _pushback_ms,
-    _with_previous_attempts,
-    never_reached_server,
-    rpc_error,
+from grpc_balancer._attempts.attempt import Attempt
+from grpc_balancer._attempts.errors import SyncRpcError, with_extra
+from grpc_balancer._attempts.plan import (
+    Action,
+    AttemptPlan,
+    Cancel,
+    Commit,
+    Finish,
+    Kind,
+    Send,
 )
-from grpc_balancer._attempts.retry import (
-    HedgingPolicy,
-    RetryPolicy,
-    hedge_failure_is_fatal,
-    may_send_hedge,
-    record_success,
-    retry_delay_s,
-)
+from grpc_balancer._attempts.replay import SyncRequests
+from grpc_balancer._attempts.retry import HedgingPolicy, RetryPolicy
 from grpc_balancer._observe.capture import CURRENT as _CAPTURE
-from grpc_balancer._sync.future import BalancedFuture, CallWithAttempts, FailedCall
-from grpc_balancer._sync.streams import RequestReplay, RetryingStream
 from grpc_balancer.picker import PickInfo
 
 if TYPE_CHECKING:
     from grpc_balancer._sync.channel import SyncBalancedChannel
-    from grpc_balancer._sync.subchannel import SyncSubchannel
 
     class _UnaryUnaryBase(grpc.UnaryUnaryMultiCallable[Any, Any]): ...
 
@@ -51,55 +46,41 @@ if TYPE_CHECKING:
 
     class _StreamStreamBase(grpc.StreamStreamMultiCallable[Any, Any]): ...
 
+    class _CallFuture(grpc.CallFuture[Any]): ...
+
 else:  # grpc-stubs makes these generic; grpcio's runtime classes are not
     _UnaryUnaryBase = grpc.UnaryUnaryMultiCallable
     _UnaryStreamBase = grpc.UnaryStreamMultiCallable
     _StreamUnaryBase = grpc.StreamUnaryMultiCallable
     _StreamStreamBase = grpc.StreamStreamMultiCallable
 
+    class _CallFuture(grpc.Call, grpc.Future): ...
+
+
 _OK = grpc.StatusCode.OK
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 _CANCELLED = grpc.StatusCode.CANCELLED
-_DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
-
-
-def _code(err: Any) -> grpc.StatusCode:
-    return cast(grpc.Call, err).code()
-
-
-def _not_sent(err: Any) -> bool:
-    return never_reached_server(cast(grpc.aio.AioRpcError, err))
-
-
-def with_attempts(err: Any, previous: int) -> Any:
-    """``err`` with ``grpc-previous-rpc-attempts`` in its trailers (as the async calls)."""
-    return _error_with_attempts(cast(grpc.aio.AioRpcError, err), previous) if previous else err
-
-
-def metadata_for(metadata: Any, previous: int) -> Any:
-    """The call's metadata for an attempt after ``previous`` others."""
-    return metadata if not previous else tuple(_with_previous_attempts(metadata, previous))
+_CLOSED_CALL = "channel closed"
+_CLOSED = "Channel closed: the endpoint's channel closed before the attempt was sent"
 
 
 class CallRecord:
-    """What metrics sinks and :func:`grpc_balancer.capture_backend` see of a sync call
-    (the async calls hand them the call object itself)."""
+    """What metrics sinks and :func:`grpc_balancer.capture_backend` see of a blocking
+    call (the other call kinds hand them the call object itself)."""
+
+    __slots__ = ("_mc", "subchannel")
 
     def __init__(self, mc: _SyncMultiCallable) -> None:
         self._mc = mc
-        self._subchannel: SyncSubchannel | None = None
-
-    @property
-    def subchannel(self) -> SyncSubchannel | None:
-        return self._subchannel
+        self.subchannel: Any = None
 
     @property
     def peer_address(self) -> str | None:
-        return None if self._subchannel is None else self._subchannel.address
+        return None if self.subchannel is None else self.subchannel.address
 
 
 class _SyncMultiCallable:
-    _kind = ""
+    _kind = Kind.UNARY_UNARY
 
     def __init__(
         self,
@@ -112,166 +93,112 @@ class _SyncMultiCallable:
         self._method = method
         self._ser = request_serializer
         self._deser = response_deserializer
-        self._key = (self._kind, method, request_serializer, response_deserializer)
-        # methodConfig, looked up once here so calls without a policy pay nothing.
+        self._key = (self._kind.value, method, request_serializer, response_deserializer)
         policy = channel.core.method_policy(method)
         self._timeout = None if policy is None else policy.timeout_s
         self._wait_for_ready = None if policy is None else policy.wait_for_ready
         self._retry: RetryPolicy | None = None if policy is None else policy.retry
         self._hedging: HedgingPolicy | None = None if policy is None else policy.hedging
 
-    # -- per-call setup -------------------------------------------------------------------
-    def deadline_of(self, timeout: float | None) -> float | None:
+    def plan(
+        self, timeout: float | None, metadata: Any, wait_for_ready: bool | None
+    ) -> AttemptPlan:
         if self._timeout is not None and (timeout is None or self._timeout < timeout):
             timeout = self._timeout  # methodConfig timeout: the smaller one wins
-        return None if timeout is None else time.monotonic() + timeout
+        core = self._channel.core
+        return AttemptPlan(
+            self._kind,
+            core.picking,
+            PickInfo(self._method, metadata),
+            metadata=metadata,
+            deadline=None if timeout is None else time.monotonic() + timeout,
+            wait_for_ready=bool(self._wait_for_ready if wait_for_ready is None else wait_for_ready),
+            retry=self._retry,
+            hedging=self._hedging,
+            throttle=core.throttle,
+            emit=core.emit,
+            clock=time.monotonic,
+        )
 
-    def wait_for_ready_of(self, wait_for_ready: bool | None) -> bool:
-        return bool(self._wait_for_ready if wait_for_ready is None else wait_for_ready)
-
-    def record(self) -> CallRecord | None:
-        """A record for metrics / capture_backend, when either is on (else None)."""
-        capture = _CAPTURE.get()
-        instrument = self._channel.core.instrument
-        if capture is None and instrument is None:
-            return None
-        record = CallRecord(self)
-        if capture is not None:
-            capture.add(record)
-        if instrument is not None:
-            self._channel.on_loop(instrument.call_started, record)
-        return record
-
-    def finish_record(self, record: CallRecord | None, code: grpc.StatusCode) -> None:
-        if record is not None:
-            instrument = self._channel.core.instrument
-            if instrument is not None:
-                self._channel.on_loop(instrument.call_finished, record, code)
-
-    # -- attempts -----------------------------------------------------------------------------
-    def inner(self, sc: SyncSubchannel) -> Any:
-        """This method on ``sc``'s sync channel, or ``None`` if ``sc`` is closing."""
+    def inner(self, sc: Any) -> Any:
+        """This method on ``sc``'s grpcio channel, or None if ``sc`` is closing."""
         mc = sc.sync_callables.get(self._key)
         if mc is None:
-            mc = sc.new_sync_callable(self._key, self._kind, self._method, self._ser, self._deser)
+            mc = sc.new_sync_callable(
+                self._key, self._kind.value, self._method, self._ser, self._deser
+            )
         return mc
 
-    def pick_limited(
-        self, info: PickInfo, deadline: float | None, wait_for_ready: bool
-    ) -> SyncSubchannel:
-        """A pick, then ``circuitBreakers.maxRequests``: skip a saturated backend."""
-        return self.adjust_pick(info, self._channel.pick(info, deadline, wait_for_ready))
+    def record(self, call: Any) -> None:
+        capture = _CAPTURE.get()
+        if capture is not None:
+            capture.add(call)
+        instrument = self._channel.core.instrument
+        if instrument is not None:
+            self._channel.on_loop(instrument.call_started, call)
 
-    def adjust_pick(self, info: PickInfo, sc: SyncSubchannel) -> SyncSubchannel:
-        """As the async calls do after a pick: avoid a backend this call already tried
-        (a policy may ignore ``PickInfo.exclude``), then apply ``maxRequests``."""
-        core = self._channel.core
-        limit = core.max_requests
-        if not (info.exclude and sc in info.exclude) and not (limit and sc.in_flight >= limit):
-            return sc
-        for _ in range(3):
-            try:  # the loop thread may change the subchannel set while we read it
-                if info.exclude and sc in info.exclude:
-                    sc = cast("SyncSubchannel", core.avoid_tried(info, sc))
-                if limit and sc.in_flight >= limit:
-                    sc = cast("SyncSubchannel", core.pick_unsaturated(info, sc))
-                return sc
-            except RuntimeError:
-                continue
-        return sc
-
-    def start(
-        self, info: PickInfo, deadline: float | None, wait_for_ready: bool
-    ) -> tuple[SyncSubchannel, Any, float, float | None]:
-        """Pick and count one attempt: (subchannel, inner multicallable, start time,
-        timeout left). Skips subchannels that are closing under us."""
-        channel = self._channel
-        for _ in range(MAX_TRANSPARENT_RETRIES + 1):
-            picker = channel.picker
-            sc = self.pick_limited(info, deadline, wait_for_ready)
-            inner = self.inner(sc)
-            started = sc.try_call_started() if inner is not None else None
-            if started is not None:
-                if deadline is None:
-                    return sc, inner, started, None
-                remaining = deadline - time.monotonic()
-                if remaining > 0:
-                    return sc, inner, started, remaining
-                sc.call_finished(started, _DEADLINE)
-                raise rpc_error(_DEADLINE, "Deadline Exceeded")
-            info.exclude = info.exclude | {sc}
-            channel.wait_for_picker_change(picker, deadline, 1.0)
-        channel.check_usable()
-        raise rpc_error(_UNAVAILABLE, f"no backend of {channel.target!r} accepted the call")
-
-    def start_nowait(
-        self, info: PickInfo, deadline: float | None, wait_for_ready: bool
-    ) -> tuple[SyncSubchannel, Any, float, float | None] | None:
-        """Like :meth:`start`, but ``None`` instead of waiting for a backend."""
-        picked = self._channel.core.pick_now(info, wait_for_ready)
-        if picked is None:
-            return None
-        sc = self.adjust_pick(info, cast("SyncSubchannel", picked))
-        inner = self.inner(sc)
-        started = sc.try_call_started() if inner is not None else None
-        if started is None:
-            return None
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            sc.call_finished(started, _DEADLINE)
-            raise rpc_error(_DEADLINE, "Deadline Exceeded")
-        return sc, inner, started, remaining
-
-    def closed_under_us(self, sc: SyncSubchannel, started: float) -> None:
-        """grpcio raised ValueError: the endpoint channel was closed between pick and send."""
-        sc.call_finished(started, _CANCELLED)
-        if self._channel._unusable is not None:
-            raise rpc_error(_CANCELLED, "channel closed while the call was starting") from None
-
-    def retry_delay(
-        self, retry: RetryPolicy, sc: SyncSubchannel, err: Any, attempts: int, info: PickInfo
-    ) -> float | None:
-        """After ``attempts`` attempts, the last one failed with ``err`` on ``sc``: the
-        delay before the next (on another backend), or None to give up."""
-        core = self._channel.core
-        code = _code(err)
-        throttle = core.throttle
-        with self._channel.throttle_lock:
-            delay = retry_delay_s(
-                retry, code, attempts, throttle, _pushback_ms(cast(grpc.aio.AioRpcError, err))
-            )
-        if delay is None:
-            refused = throttle is not None and attempts < retry.max_attempts
-            if refused and code in retry.retryable_codes:
-                core.emit("throttled", sc, code)
-            return None
-        core.emit("retry", sc, code)
-        info.exclude = info.exclude | {sc}
-        return delay
-
-    def succeeded(self) -> None:
-        with self._channel.throttle_lock:
-            record_success(self._channel.core.throttle)
+    def finished(self, call: Any, code: grpc.StatusCode) -> None:
+        instrument = self._channel.core.instrument
+        if instrument is not None:
+            self._channel.on_loop(instrument.call_finished, call, code)
 
 
-def _no_time_left(err: Any, attempts: int) -> Any:
-    return with_attempts(
-        rpc_error(
-            _DEADLINE,
-            "Deadline Exceeded (no time left for another attempt; the last one "
-            f"failed with {_code(err).name}: {cast(grpc.Call, err).details()})",
-        ),
-        attempts,
-    )
+def _final_error(finish: Finish, error: Any) -> Any:
+    """The error the application gets: grpcio's own when nothing is to be added."""
+    if error is not None and not finish.trailers:
+        return error
+    if error is not None:
+        err = cast(grpc.Call, error)
+        return SyncRpcError(
+            err.code(),
+            err.details() or "",
+            tuple(err.initial_metadata() or ()),
+            with_extra(tuple(err.trailing_metadata() or ()), finish.trailers),
+            getattr(err, "debug_error_string", lambda: None)(),
+        )
+    return SyncRpcError(finish.code, finish.details, (), finish.trailers)
 
 
-# ---------------------------------------------------------------------------------------------
-# unary response: unary → unary and stream → unary share the blocking / future paths
-# ---------------------------------------------------------------------------------------------
+class CallWithAttempts(grpc.Call):
+    """grpcio's call object for the attempt that answered, whose trailing metadata also
+    carries ``grpc-previous-rpc-attempts``."""
+
+    def __init__(self, call: Any, extra: Any) -> None:
+        self._call = call
+        self._extra = extra
+
+    def trailing_metadata(self) -> Any:
+        return with_extra(tuple(self._call.trailing_metadata() or ()), self._extra)
+
+    def initial_metadata(self) -> Any:
+        return self._call.initial_metadata()
+
+    def code(self) -> grpc.StatusCode:
+        return cast(grpc.StatusCode, self._call.code())
+
+    def details(self) -> str:
+        return cast(str, self._call.details())
+
+    def is_active(self) -> bool:
+        return cast(bool, self._call.is_active())
+
+    def time_remaining(self) -> float | None:  # type: ignore[override]
+        return cast("float | None", self._call.time_remaining())
+
+    def cancel(self) -> bool:
+        return cast(bool, self._call.cancel())
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return cast(bool, self._call.add_callback(callback))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+
+# ---------------------------------------------------------------------------------------
+# blocking unary: the caller's thread drives the plan
+# ---------------------------------------------------------------------------------------
 class _UnaryResponse(_SyncMultiCallable):
-    #: A request iterator can be read only once: stream → unary is never re-sent.
-    resendable = True
-
     def __call__(
         self,
         request: Any,
@@ -307,8 +234,9 @@ class _UnaryResponse(_SyncMultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> BalancedFuture:
+        self._channel.check_usable()
         return BalancedFuture(
-            self, request, timeout, metadata, credentials, wait_for_ready, compression
+            self, request, self.plan(timeout, metadata, wait_for_ready), credentials, compression
         )
 
     def _blocking(
@@ -324,223 +252,549 @@ class _UnaryResponse(_SyncMultiCallable):
         channel = self._channel
         if channel._unusable is not None:
             channel.check_usable()
-        record = self.record()
-        if not self.resendable and self._retry is not None:
-            request = RequestReplay(request)  # a request stream, kept for retries
-        try:
-            result = self._attempts(
-                request,
-                self.deadline_of(timeout),
-                metadata,
-                credentials,
-                self.wait_for_ready_of(wait_for_ready),
-                compression,
-                with_call,
-                record,
-            )
-        except grpc.RpcError as err:
-            self.finish_record(record, _code(err))
-            raise
-        self.finish_record(record, _OK)
-        return result
-
-    def _attempts(
-        self,
-        request: Any,
-        deadline: float | None,
-        metadata: Any,
-        credentials: grpc.CallCredentials | None,
-        wfr: bool,
-        compression: grpc.Compression | None,
-        with_call: bool,
-        record: CallRecord | None,
-    ) -> Any:
-        if self._hedging is not None and self.resendable:
-            return self._hedged(
-                request, deadline, metadata, credentials, wfr, compression, with_call, record
-            )
-        channel = self._channel
-        info = PickInfo(self._method, metadata)
-        replay = request if isinstance(request, RequestReplay) else None
-        resendable = self.resendable or replay is not None
-        retry = self._retry if resendable else None
-        transparent = 0
-        attempts = 0  # attempts that reached a server (retryPolicy.maxAttempts counts these)
+        plan = self.plan(timeout, metadata, wait_for_ready)
+        if self._hedging is not None or self._kind is Kind.STREAM_UNARY:
+            # several attempts at once, or a request stream read by grpcio's thread:
+            # the callback driver, waited on here
+            future = BalancedFuture(self, request, plan, credentials, compression)
+            response = future.result()
+            return (response, future.answering_call()) if with_call else response
+        record = None
+        if _CAPTURE.get() is not None or channel.core.instrument is not None:
+            record = CallRecord(self)
+            self.record(record)
+        actions = plan.start()
+        result: Any = None
+        error: Any = None
         while True:
-            picker = channel.picker
-            sc, inner, started, remaining = self.start(info, deadline, wfr)
-            if record is not None:
-                record._subchannel = sc
-            md = metadata_for(metadata, attempts)
-            sent = request if replay is None else replay.replay()
-            trailers = bool(sc.trailer_observers)  # ORCA load reports: need the trailers
-            try:
-                if with_call or trailers:
-                    result = inner.with_call(sent, remaining, md, credentials, False, compression)
-                else:
-                    result = inner(sent, remaining, md, credentials, False, compression)
-            except grpc.RpcError as err:
-                code = _code(err)
-                sc.call_finished(started, code)
-                if code is _UNAVAILABLE:
-                    sc.record_failure_detail(cast(grpc.Call, err).details() or "")
-                    if resendable and transparent < MAX_TRANSPARENT_RETRIES and _not_sent(err):
-                        transparent += 1
-                        info.exclude = info.exclude | {sc}
-                        channel.core.emit("transparent_retry", sc, code)
-                        channel.wait_for_picker_change(picker, deadline, 1.0)
-                        continue
-                if retry is None:
-                    raise
-                attempts += 1
-                delay = self.retry_delay(retry, sc, err, attempts, info)
-                if delay is None:
-                    raise with_attempts(err, attempts - 1) from None
-                if deadline is not None and time.monotonic() + delay >= deadline:
-                    raise _no_time_left(err, attempts) from None
-                time.sleep(delay)
-                continue
-            except ValueError:
-                self.closed_under_us(sc, started)
-                transparent += 1
-                if transparent > MAX_TRANSPARENT_RETRIES:
-                    raise
-                info.exclude = info.exclude | {sc}
-                continue
-            sc.call_finished(started, _OK)
-            if trailers:
-                channel.on_loop(sc.trailers_received, result[1].trailing_metadata())
-                if not with_call:
-                    result = result[0]
-            if retry is not None:
-                self.succeeded()
-                if with_call and attempts:
-                    return result[0], CallWithAttempts(result[1], attempts)
-            return result
+            for action in actions:
+                if type(action) is Send:
+                    attempt = action.attempt
+                    if record is not None:
+                        record.subchannel = attempt.subchannel
+                    result, error, actions = self._send(
+                        plan, attempt, request, credentials, compression, with_call
+                    )
+                    break
+                if type(action) is Finish:
+                    if record is not None:
+                        self.finished(record, action.code)
+                    if action.code is _OK:
+                        if not with_call:
+                            return result[0] if isinstance(result, tuple) else result
+                        response, call = result
+                        return response, (
+                            CallWithAttempts(call, action.trailers) if action.trailers else call
+                        )
+                    raise _final_error(action, error if action.attempt is not None else None)
+            else:
+                actions = self._wait(plan)
 
-    def _hedged(
+    def _send(
         self,
+        plan: AttemptPlan,
+        attempt: Attempt,
         request: Any,
-        deadline: float | None,
-        metadata: Any,
         credentials: grpc.CallCredentials | None,
-        wfr: bool,
         compression: grpc.Compression | None,
         with_call: bool,
-        record: CallRecord | None,
-    ) -> Any:
-        """Hedging: a new attempt on another backend every ``hedgingDelay`` (or at once
-        after a non-fatal failure) until one succeeds; the others are then cancelled."""
-        policy = self._hedging
-        assert policy is not None
-        core = self._channel.core
-        throttle = core.throttle
-        info = PickInfo(self._method, metadata)
-        finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        running: dict[Any, SyncSubchannel] = {}
-        sent = 0
-        limit = policy.max_attempts  # lowered to `sent` when no more hedges may go out
-        next_at = time.monotonic()
-        last_err: Any = None
+    ) -> tuple[Any, Any, list[Action]]:
+        inner = self.inner(attempt.subchannel)
+        if inner is None:
+            return None, None, plan.on_end(attempt, _UNAVAILABLE, _CLOSED)
+        trailers = with_call or attempt.wants_trailers
         try:
-            while True:
-                if sent < limit and time.monotonic() >= next_at:
-                    with self._channel.throttle_lock:
-                        allowed = may_send_hedge(policy, sent, throttle)
-                    if not allowed:
-                        core.emit("throttled", None, None)
-                        limit = sent
-                    else:
-                        try:
-                            # a hedge never waits for a backend: the others may answer meanwhile
-                            got = (
-                                self.start(info, deadline, wfr)
-                                if not running
-                                else self.start_nowait(info, deadline, wfr)
-                            )
-                        except grpc.RpcError:
-                            if not running:
-                                raise
-                            limit = sent  # no backend (or time) for a hedge: wait for the others
-                            got = None
-                        if got is None:
-                            next_at = time.monotonic() + policy.delay_s
-                        else:
-                            sc, inner, started, remaining = got
-                            if sent:
-                                core.emit("hedge", sc, None)
-                            attempt = inner.future(
-                                request,
-                                remaining,
-                                metadata_for(metadata, sent),
-                                credentials,
-                                False,
-                                compression,
-                            )
-                            running[attempt] = sc
-                            if record is not None and record._subchannel is None:
-                                record._subchannel = sc
-                            attempt.add_done_callback(_accounted(sc, started, finished.put))
-                            info.exclude = info.exclude | {sc}
-                            sent += 1
-                            next_at = time.monotonic() + policy.delay_s
-                if not running:
-                    raise with_attempts(last_err, sent - 1)
-                wait = None if sent >= limit else max(next_at - time.monotonic(), 0)
-                if deadline is not None:
-                    left = max(deadline - time.monotonic(), 0.0) + 0.05
-                    wait = left if wait is None else min(wait, left)
+            if trailers:
+                result = inner.with_call(
+                    request, attempt.timeout, attempt.metadata, credentials, False, compression
+                )
+            else:
+                result = inner(
+                    request, attempt.timeout, attempt.metadata, credentials, False, compression
+                )
+        except grpc.RpcError as err:
+            call = cast(grpc.Call, err)
+            return (
+                None,
+                err,
+                plan.on_end(attempt, call.code(), call.details(), call.trailing_metadata()),
+            )
+        except ValueError:  # the endpoint channel closed between pick and send
+            return None, None, plan.on_end(attempt, _UNAVAILABLE, _CLOSED)
+        ends = plan.on_end(attempt, _OK, "", result[1].trailing_metadata() if trailers else None)
+        return result, None, ends
+
+    def _wait(self, plan: AttemptPlan) -> list[Action]:
+        """Nothing to send now: wait for a better picker or the plan's timer (the
+        channel closing ends either wait)."""
+        channel = self._channel
+        waiting = plan.waiting_on
+        timeout = None if plan.wake_at is None else max(plan.wake_at - time.monotonic(), 0.0)
+        if channel._unusable is not None:
+            return plan.cancel(_CLOSED_CALL)
+        if waiting is not None:
+            fired = channel.wait_for(waiting.changed, timeout)
+            if channel._unusable is not None:
+                return plan.cancel(_CLOSED_CALL)
+            return plan.on_picker() if fired else plan.on_timer()
+        if plan.wake_at is None:  # pragma: no cover - a plan always waits for something
+            raise RuntimeError(f"attempt plan stalled: {plan!r}")
+        channel.sleep(timeout or 0.0)
+        if channel._unusable is not None:
+            return plan.cancel(_CLOSED_CALL)
+        return plan.on_timer()
+
+
+# ---------------------------------------------------------------------------------------
+# driven by callbacks: .future(), hedged and client-streaming calls, response streams
+# ---------------------------------------------------------------------------------------
+class _Driven:
+    """Feeds the plan from grpcio's callback threads, loop timers and picker changes.
+
+    Inputs are queued and handled one at a time by whichever thread brought one
+    (no thread of ours); actions run outside the lock."""
+
+    _mc: _SyncMultiCallable
+
+    def _setup(
+        self,
+        mc: _SyncMultiCallable,
+        plan: AttemptPlan,
+        request: Any,
+        credentials: Any,
+        compression: Any,
+    ) -> None:
+        self._mc = mc
+        self._plan = plan
+        self._cond = threading.Condition()
+        self._inbox: collections.deque[Callable[[], list[Action]]] = collections.deque()
+        self._driving = False
+        self._credentials = credentials
+        self._compression = compression
+        self._request = request
+        self._requests: SyncRequests | None = None
+        if mc._kind in (Kind.STREAM_UNARY, Kind.STREAM_STREAM):
+            self._requests = SyncRequests(
+                request, lambda n: self._feed(lambda: plan.on_buffered(n))
+            )
+        self._timer_at: float | None = None
+        self._waiting_on: Any = None
+        self._errors: dict[Attempt, Any] = {}
+        self._callbacks: list[Callable[[Any], None]] = []
+        self._no_arg_callbacks: list[Callable[[], None]] = []
+        self._last: Attempt | None = None
+        mc._channel.live_calls.add(self)
+        mc.record(self)
+        self._feed(plan.start)
+
+    def _feed(self, step: Callable[[], list[Action]]) -> None:
+        with self._cond:
+            self._inbox.append(step)
+            if self._driving:
+                return
+            self._driving = True
+        while True:
+            with self._cond:
+                if not self._inbox:
+                    self._driving = False
+                    self._cond.notify_all()
+                    return
+                step = self._inbox.popleft()
+                actions = step()
+                rearm = self._plan.wake_at if self._plan.wake_at != self._timer_at else None
+                self._timer_at = self._plan.wake_at
+                waiting = self._plan.waiting_on
+                if waiting is self._waiting_on:
+                    waiting = None
+                else:
+                    self._waiting_on = waiting
+            for action in actions:
+                self._act(action)
+            channel = self._mc._channel
+            if rearm is not None:
+                channel.call_later(max(rearm - time.monotonic(), 0.0), self._timer)
+            if waiting is not None:
+                waiting.changed.add_callback(self._picker)
+            with self._cond:
+                self._cond.notify_all()
+
+    def _timer(self) -> None:
+        with self._cond:
+            self._timer_at = None  # a timer that fired early is re-armed after the step
+        self._feed(self._plan.on_timer)
+
+    def _picker(self) -> None:
+        self._mc._channel.on_loop(self._feed, self._on_picker)
+
+    def _on_picker(self) -> list[Action]:
+        self._waiting_on = None
+        return self._plan.on_picker()
+
+    def _act(self, action: Action) -> None:
+        if type(action) is Send:
+            self._send(action.attempt)
+        elif type(action) is Cancel:
+            if action.attempt.call is not None:
+                action.attempt.call.cancel()
+        elif type(action) is Commit:
+            if self._requests is not None:
+                self._requests.commit()
+        elif type(action) is Finish:
+            self._finished(action)
+
+    def _send(self, attempt: Attempt) -> None:
+        self._last = attempt
+        inner = self._mc.inner(attempt.subchannel)
+        if inner is None:
+            self._feed(lambda: self._plan.on_end(attempt, _UNAVAILABLE, _CLOSED))
+            return
+        request = self._request if self._requests is None else self._requests.replay()
+        args = (
+            request,
+            attempt.timeout,
+            attempt.metadata,
+            self._credentials,
+            False,
+            self._compression,
+        )
+        try:
+            call = inner.future(*args) if self._mc._kind.unary_response else inner(*args)
+        except ValueError:
+            self._feed(lambda: self._plan.on_end(attempt, _UNAVAILABLE, _CLOSED))
+            return
+        attempt.call = call
+        call.add_done_callback(lambda c: self._attempt_done(attempt, c))
+
+    def _attempt_done(self, attempt: Attempt, call: Any) -> None:
+        if self._reader_reports_end(attempt):
+            return
+        self._report_end(attempt, call)
+
+    def _reader_reports_end(self, attempt: Attempt) -> bool:
+        return False
+
+    def _report_end(self, attempt: Attempt, call: Any) -> None:
+        code = call.code()
+        if code is not _OK:
+            self._errors[attempt] = call
+        trailers = call.trailing_metadata() if (attempt.wants_trailers or code is not _OK) else None
+        self._feed(lambda: self._plan.on_end(attempt, code, call.details(), trailers))
+
+    def _finished(self, finish: Finish) -> None:
+        self._mc._channel.live_calls.discard(self)
+        self._mc.finished(self, finish.code)
+        with self._cond:
+            callbacks, self._callbacks = self._callbacks, []
+            no_arg, self._no_arg_callbacks = self._no_arg_callbacks, []
+        for callback in callbacks:
+            callback(self)
+        for plain in no_arg:
+            plain()
+
+    def close_from_channel(self) -> None:
+        """The channel closed: end at once with CANCELLED (timers will not fire)."""
+        self._feed(lambda: self._plan.cancel(_CLOSED_CALL))
+
+    def _wait_until(self, ready: Callable[[], bool], timeout: float | None) -> bool:
+        with self._cond:
+            return self._cond.wait_for(ready, timeout)
+
+    # -- what both call objects report -------------------------------------------------------
+    def _outcome(self) -> Finish:
+        self._wait_until(lambda: self._plan.done, None)
+        finish = self._plan.outcome
+        assert finish is not None
+        return finish
+
+    def answering_call(self) -> Any:
+        finish = self._outcome()
+        call = None if finish.attempt is None else finish.attempt.call
+        if call is None or finish.code is not _OK:
+            return _final_error(
+                finish, None if finish.attempt is None else self._errors.get(finish.attempt)
+            )
+        return CallWithAttempts(call, finish.trailers) if finish.trailers else call
+
+    def _error(self) -> Any:
+        finish = self._outcome()
+        return _final_error(
+            finish, None if finish.attempt is None else self._errors.get(finish.attempt)
+        )
+
+    @property
+    def subchannel(self) -> Any:
+        plan = self._plan
+        attempt = plan.outcome.attempt if plan.outcome is not None else None
+        attempt = attempt or plan.committed or self._last
+        return None if attempt is None else attempt.subchannel
+
+    @property
+    def peer_address(self) -> str | None:
+        sc = self.subchannel
+        return None if sc is None else sc.address
+
+
+class BalancedFuture(_Driven, _CallFuture):
+    """What ``.future()`` returns: a ``grpc.Future`` and ``grpc.Call``, like grpcio's."""
+
+    def __init__(
+        self,
+        mc: _UnaryResponse,
+        request: Any,
+        plan: AttemptPlan,
+        credentials: Any,
+        compression: Any,
+    ) -> None:
+        self._cancelled = False
+        self._setup(mc, plan, request, credentials, compression)
+
+    def cancel(self) -> bool:
+        if self._plan.done:
+            return False
+        self._cancelled = True
+        self._feed(self._plan.cancel)
+        return True
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def running(self) -> bool:
+        return not self.done()
+
+    def done(self) -> bool:
+        return self._plan.done or self._cancelled
+
+    def result(self, timeout: float | None = None) -> Any:
+        if not self._wait_until(lambda: self._plan.done, timeout):
+            raise grpc.FutureTimeoutError()
+        finish = self._outcome()
+        if finish.code is _OK and finish.attempt is not None:
+            return finish.attempt.call.result()
+        if self._cancelled:
+            raise grpc.FutureCancelledError()
+        raise self._error()
+
+    def exception(self, timeout: float | None = None) -> Any:
+        if not self._wait_until(lambda: self._plan.done, timeout):
+            raise grpc.FutureTimeoutError()
+        if self._cancelled:
+            raise grpc.FutureCancelledError()
+        return None if self._outcome().code is _OK else self._error()
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        error = self.exception(timeout)
+        return None if error is None else error.__traceback__
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        with self._cond:
+            if not self._plan.done:
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    # grpc.Call
+    def is_active(self) -> bool:
+        return not self._plan.done
+
+    def time_remaining(self) -> float | None:  # type: ignore[override]
+        deadline = self._plan.deadline
+        return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        with self._cond:
+            if self._plan.done:
+                return False
+            self._no_arg_callbacks.append(callback)
+            return True
+
+    def initial_metadata(self) -> Any:
+        return self.answering_call().initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        return self.answering_call().trailing_metadata()
+
+    def code(self) -> grpc.StatusCode:
+        return cast(grpc.StatusCode, self.answering_call().code())
+
+    def details(self) -> str:
+        return cast(str, self.answering_call().details() or "")
+
+    def __repr__(self) -> str:
+        return f"<BalancedFuture {self._mc._method} {self._plan.state.name}>"
+
+
+class BalancedStream(_Driven, _CallFuture):
+    """A response stream: an iterator, ``grpc.Call`` and ``grpc.Future`` like grpcio's.
+    Reading follows the attempt the plan is trying or committed to."""
+
+    def __init__(
+        self,
+        mc: _StreamResponse,
+        request: Any,
+        plan: AttemptPlan,
+        credentials: Any,
+        compression: Any,
+    ) -> None:
+        self._cancelled = False
+        #: With retries or hedges, the reader reports an attempt's end until its first
+        #: message (only the reader knows whether one came).
+        self._until_first = mc._retry is not None or mc._hedging is not None
+        self._responded: set[Attempt] = set()
+        self._held: list[Any] = []  # a first message read by code() / metadata
+        self._setup(mc, plan, request, credentials, compression)
+
+    def _reader_reports_end(self, attempt: Attempt) -> bool:
+        return self._until_first and attempt not in self._responded
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        if self._held:
+            return self._held.pop()
+        plan = self._plan
+        while True:
+            attempt = self._reading_attempt()
+            if attempt is None:
+                if plan.done:
+                    return self._end_of_stream()
+                self._wait_until(lambda: plan.done or self._reading_attempt() is not None, None)
+                continue
+            try:
+                message = next(attempt.call)
+            except StopIteration:
+                message = None
+                self._reader_saw_end(attempt)
+                self._wait_until(lambda a=attempt: a.ended or plan.done, None)  # type: ignore[misc]
+                if plan.done:
+                    return self._end_of_stream()
+                continue
+            except grpc.RpcError:
+                self._reader_saw_end(attempt)
+                self._wait_until(lambda a=attempt: a.ended or plan.done, None)  # type: ignore[misc]
+                if plan.done and (plan.outcome is None or plan.outcome.attempt in (attempt, None)):
+                    return self._end_of_stream()
+                continue
+            if attempt not in self._responded:
+                self._responded.add(attempt)
+                self._feed(lambda a=attempt: plan.on_response(a))  # type: ignore[misc]
+                if attempt.call.done() and self._until_first:
+                    self._report_end(attempt, attempt.call)
+            return message
+
+    def _reader_saw_end(self, attempt: Attempt) -> None:
+        if self._reader_reports_end(attempt):
+            self._responded.add(attempt)
+            self._report_end(attempt, attempt.call)
+
+    def _reading_attempt(self) -> Attempt | None:
+        plan = self._plan
+        if plan.outcome is not None:
+            attempt = plan.outcome.attempt
+            return attempt if attempt is not None and attempt.call is not None else None
+        if plan.committed is not None:
+            return plan.committed
+        running = [a for a in plan.running if a.call is not None]
+        return running[-1] if running else None
+
+    def _end_of_stream(self) -> Any:
+        finish = self._outcome()
+        if finish.code is _OK:
+            raise StopIteration
+        raise self._error()
+
+    def _settle(self) -> None:
+        """code(), metadata...: wait for the call to end (reading its first message
+        if only the reader can tell the plan how it ended)."""
+        if self._until_first and not self._plan.done and self._plan.committed is None:
+            attempt = self._reading_attempt()
+            if attempt is not None and attempt not in self._responded:
                 try:
-                    attempt = finished.get(timeout=wait)
-                except queue.Empty:
-                    continue
-                sc = running.pop(attempt)
-                code = attempt.code()
-                if code is _OK:
-                    if record is not None:
-                        record._subchannel = sc
-                    with self._channel.throttle_lock:
-                        record_success(throttle)
-                    response = attempt.result()
-                    if not with_call:
-                        return response
-                    return response, (CallWithAttempts(attempt, sent - 1) if sent > 1 else attempt)
-                last_err = attempt
-                with self._channel.throttle_lock:
-                    fatal = hedge_failure_is_fatal(policy, code, throttle)
-                if fatal:
-                    raise with_attempts(attempt, sent - 1)
-                next_at = time.monotonic()  # a non-fatal failure: send the next one now
-        finally:
-            for attempt in running:
-                attempt.cancel()
+                    first = next(self)
+                except (StopIteration, grpc.RpcError):
+                    return
+                self._held.append(first)
 
+    def cancel(self) -> bool:
+        if self._plan.done:
+            return False
+        self._cancelled = True
+        self._feed(self._plan.cancel)
+        return True
 
-def _accounted(sc: SyncSubchannel, started: float, then: Any) -> Any:
-    """A done-callback for an attempt future: count it on ``sc``, then ``then(attempt)``."""
+    def cancelled(self) -> bool:
+        return self._cancelled
 
-    def done(attempt: Any) -> None:
-        code = attempt.code()
-        sc.call_finished(started, code)
-        if code is _UNAVAILABLE:
-            sc.record_failure_detail(attempt.details() or "")
-        then(attempt)
+    def running(self) -> bool:
+        return not self._plan.done
 
-    return done
+    def done(self) -> bool:
+        return self._plan.done or self._cancelled
+
+    def result(self, timeout: float | None = None) -> Any:
+        raise NotImplementedError("a response stream has no single result: iterate it")
+
+    def exception(self, timeout: float | None = None) -> Any:
+        if not self._wait_until(lambda: self._plan.done, timeout):
+            raise grpc.FutureTimeoutError()
+        return None if self._outcome().code is _OK else self._error()
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        error = self.exception(timeout)
+        return None if error is None else error.__traceback__
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        with self._cond:
+            if not self._plan.done:
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def is_active(self) -> bool:
+        return not self._plan.done
+
+    def time_remaining(self) -> float | None:  # type: ignore[override]
+        deadline = self._plan.deadline
+        return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        with self._cond:
+            if self._plan.done:
+                return False
+            self._no_arg_callbacks.append(callback)
+            return True
+
+    def initial_metadata(self) -> Any:
+        self._wait_until(lambda: self._plan.committed is not None or self._plan.done, None)
+        attempt = self._reading_attempt() or self._plan.committed
+        if attempt is None or attempt.call is None:
+            return ()
+        return attempt.call.initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        self._settle()
+        return self.answering_call().trailing_metadata()
+
+    def code(self) -> grpc.StatusCode:
+        self._settle()
+        return cast(grpc.StatusCode, self.answering_call().code())
+
+    def details(self) -> str:
+        self._settle()
+        return cast(str, self.answering_call().details() or "")
+
+    def __repr__(self) -> str:
+        return f"<BalancedStream {self._mc._method} {self._plan.state.name}>"
 
 
 class SyncUnaryUnaryMultiCallable(_UnaryResponse, _UnaryUnaryBase):
-    _kind = "unary_unary"
+    _kind = Kind.UNARY_UNARY
 
 
 class SyncStreamUnaryMultiCallable(_UnaryResponse, _StreamUnaryBase):
-    _kind = "stream_unary"
-    resendable = False
+    _kind = Kind.STREAM_UNARY
 
 
-# ---------------------------------------------------------------------------------------------
-# streaming response: pick once, return grpcio's call object
-# ---------------------------------------------------------------------------------------------
 class _StreamResponse(_SyncMultiCallable):
     def __call__(
         self,
@@ -552,54 +806,14 @@ class _StreamResponse(_SyncMultiCallable):
         compression: grpc.Compression | None = None,
     ) -> Any:
         self._channel.check_usable()
-        if self._retry is not None:
-            return RetryingStream(
-                self,
-                request,
-                self.deadline_of(timeout),
-                metadata,
-                credentials,
-                self.wait_for_ready_of(wait_for_ready),
-                compression,
-                self._retry,
-            )
-        record = self.record()
-        info = PickInfo(self._method, metadata)
-        try:
-            sc, inner, started, remaining = self.start(
-                info, self.deadline_of(timeout), self.wait_for_ready_of(wait_for_ready)
-            )
-        except grpc.RpcError as err:
-            self.finish_record(record, _code(err))
-            return FailedCall(err)  # raised when read, as grpcio does
-        if record is not None:
-            record._subchannel = sc
-        try:
-            call = inner(request, remaining, metadata, credentials, False, compression)
-        except ValueError:
-            self.closed_under_us(sc, started)
-            raise
-
-        def done() -> None:
-            self.finish_record(record, stream_done(sc, started, call))
-
-        if not call.add_callback(done):
-            done()
-        return call
-
-
-def stream_done(sc: SyncSubchannel, started: float, call: Any) -> grpc.StatusCode:
-    """A streaming attempt ended: count it on its subchannel; its status code."""
-    code: grpc.StatusCode = call.code()
-    sc.call_finished(started, code)
-    if code is _UNAVAILABLE:
-        sc.record_failure_detail(call.details() or "")
-    return code
+        return BalancedStream(
+            self, request, self.plan(timeout, metadata, wait_for_ready), credentials, compression
+        )
 
 
 class SyncUnaryStreamMultiCallable(_StreamResponse, _UnaryStreamBase):
-    _kind = "unary_stream"
+    _kind = Kind.UNARY_STREAM
 
 
 class SyncStreamStreamMultiCallable(_StreamResponse, _StreamStreamBase):
-    _kind = "stream_stream"
+    _kind = Kind.STREAM_STREAM

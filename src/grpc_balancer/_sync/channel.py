@@ -23,14 +23,15 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any
 
 import grpc
 import grpc.aio
 
-from grpc_balancer._aio.calls import rpc_error
 from grpc_balancer._aio.channel import BalancedChannel
+from grpc_balancer._attempts.errors import SyncRpcError
 from grpc_balancer._config.service_config import ServiceConfig
+from grpc_balancer._core.picking import ChangeSignal
 from grpc_balancer._core.status import ChannelStatus
 from grpc_balancer._observe.events import Observer
 from grpc_balancer._sync.calls import (
@@ -43,7 +44,7 @@ from grpc_balancer._sync.loop_thread import LoopThread
 from grpc_balancer._sync.subchannel import SyncSubchannel
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.errors import ChannelClosedError, ChannelUsedAfterForkError
-from grpc_balancer.picker import Picker, PickInfo
+from grpc_balancer.picker import Picker
 from grpc_balancer.resolvers.base import ResolverOptions
 from grpc_balancer.subchannel import ChannelOptions, Subchannel
 
@@ -118,8 +119,10 @@ class SyncBalancedChannel(grpc.Channel):
         #: Set when the channel must not be used any more (closed, or in a forked child).
         self._unusable: tuple[type[ChannelClosedError], str] | None = None
         self._lock = threading.Lock()
-        #: Guards retryThrottling's token bucket, which caller threads update.
-        self.throttle_lock = threading.Lock()
+        #: Calls driven by callbacks and calls waiting in a caller thread: close()
+        #: ends them at once (their loop timers would never fire).
+        self.live_calls: set[Any] = set()
+        self._closed_event = threading.Event()
         self._subscribers: list[StateCallback] = []
         self._pid = os.getpid()
         self._thread = LoopThread(name=f"grpc_balancer.sync[{target}]")
@@ -173,6 +176,9 @@ class SyncBalancedChannel(grpc.Channel):
                 return
             self._unusable = (ChannelClosedError, f"channel for {self._target!r} is closed")
         _LIVE.discard(self)
+        self._closed_event.set()
+        for call in list(self.live_calls):
+            call.close_from_channel()
         if self._thread.in_loop_thread():
             self._thread.loop.create_task(self._close_and_stop())
             return
@@ -287,22 +293,32 @@ class SyncBalancedChannel(grpc.Channel):
             self, method, request_serializer, response_deserializer
         )
 
-    # -- picking (used by the call objects, in caller threads) -------------------------------
-    def pick(self, info: PickInfo, deadline: float | None, wait_for_ready: bool) -> SyncSubchannel:
-        """The current picker's answer (lock-free); if nothing is ready, wait for the
-        loop's pick, bounded by ``deadline``. Raises ``grpc.RpcError`` like the async one."""
-        sc = self._core.pick_now(info, wait_for_ready)
-        if sc is None:
-            self.check_usable()
-            sc = self._wait(self._core.pick(info, deadline, wait_for_ready), None)
-        return cast(SyncSubchannel, sc)
+    # -- waiting (used by the call drivers, in caller threads) -----------------------------
+    def wait_for(self, signal: ChangeSignal, timeout: float | None) -> bool:
+        """Block until ``signal`` fires (True), ``timeout`` passes or the channel
+        closes (False)."""
+        if signal.fired:
+            return True
+        woken = threading.Event()
+        signal.add_callback(woken.set)
+        end = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not woken.is_set() and not self._closed_event.is_set():
+                step = _LIVENESS_S if end is None else min(_LIVENESS_S, end - time.monotonic())
+                if step <= 0:
+                    break
+                woken.wait(step)
+        finally:
+            signal.remove_callback(woken.set)
+        return woken.is_set()
 
-    def wait_for_picker_change(
-        self, picker: Picker, deadline: float | None, at_most: float
-    ) -> None:
-        """After a failed attempt: give the loop a moment to publish a better picker."""
-        if self._core.picker is picker and self._unusable is None:
-            self._wait(self._core.wait_for_picker_change(picker, deadline, at_most), None)
+    def sleep(self, seconds: float) -> None:
+        """A backoff: ``seconds``, or less if the channel closes meanwhile."""
+        self._closed_event.wait(seconds)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        """``callback()`` on the loop thread after ``delay`` seconds."""
+        self._thread.call_soon(self._thread.loop.call_later, delay, callback)
 
     def drain(self, timeout: float = 10.0) -> None:
         """Wait until everything already handed to the loop thread has run: resilience
@@ -333,9 +349,9 @@ class SyncBalancedChannel(grpc.Channel):
                     future.cancel()
                     raise TimeoutError(f"timed out after {timeout}s") from None
                 if not self._thread.thread.is_alive():
-                    raise rpc_error(grpc.StatusCode.CANCELLED, "channel closed") from None
+                    raise SyncRpcError(grpc.StatusCode.CANCELLED, "channel closed") from None
             except concurrent.futures.CancelledError:
-                raise rpc_error(grpc.StatusCode.CANCELLED, "channel closed") from None
+                raise SyncRpcError(grpc.StatusCode.CANCELLED, "channel closed") from None
 
     # -- introspection ------------------------------------------------------------------------
     @property
