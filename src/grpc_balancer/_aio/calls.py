@@ -156,6 +156,7 @@ class _Call:
             throttle=channel.throttle,
             emit=channel.emit,
             clock=time.monotonic,
+            buffer_limit=channel.retry_buffer_size,
         )
         #: Stream responses with retries or hedges: read the first message before the
         #: application does, to know when the call commits.

@@ -30,6 +30,7 @@ from grpc_balancer._aio.calls import (
     BalancedUnaryStreamMultiCallable,
     BalancedUnaryUnaryMultiCallable,
 )
+from grpc_balancer._attempts.plan import DEFAULT_BUFFER_LIMIT
 from grpc_balancer._attempts.retry import MethodPolicy, RetryThrottle
 from grpc_balancer._config.method_config import make_throttle
 from grpc_balancer._config.service_config import ServiceConfig, load_service_config
@@ -40,12 +41,14 @@ from grpc_balancer._core.status import ChannelStatus, channel_status
 from grpc_balancer._observe.events import Observer, emit
 from grpc_balancer._observe.instrument import ChannelInstrument, for_channel
 from grpc_balancer.endpoint import Endpoint
-from grpc_balancer.errors import ChannelClosedError
+from grpc_balancer.errors import ChannelClosedError, ServiceConfigError
 from grpc_balancer.picker import FailPicker, Picker
 from grpc_balancer.policies.base import Policy, get_policy_factory
 from grpc_balancer.resolvers.base import Resolver, ResolverOptions, get_resolver_factory
 from grpc_balancer.subchannel import ChannelOptions, Subchannel
 from grpc_balancer.target import Target, parse_target
+
+RETRY_BUFFER_OPTION = "grpc.per_rpc_retry_buffer_size"
 
 log = logging.getLogger("grpc_balancer._aio.channel")
 
@@ -81,6 +84,9 @@ class BalancedChannel(grpc.aio.Channel):
         self._credentials = credentials
         self._interceptors = list(interceptors or ())
         self._options = _merge_options(options)
+        #: Request bytes a streaming call keeps for replays before it commits (gRPC's
+        #: ``grpc.per_rpc_retry_buffer_size`` channel option, 256 KiB by default).
+        self.retry_buffer_size: int = _retry_buffer_size(self._options)
         self._resolver_options = resolver_options or ResolverOptions()
         self._subchannels: set[Subchannel] = set()
         self._state: Connectivity = Connectivity.IDLE
@@ -421,6 +427,17 @@ class BalancedChannel(grpc.aio.Channel):
             f"<BalancedChannel {self._target.raw!r} policy={self.config.policy} "
             f"state={self._state.name} subchannels={self.subchannels}>"
         )
+
+
+def _retry_buffer_size(options: list[tuple[str, Any]]) -> int:
+    for key, value in options:
+        if key == RETRY_BUFFER_OPTION:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ServiceConfigError(
+                    f"channel option {RETRY_BUFFER_OPTION} must be an integer >= 0, got {value!r}"
+                )
+            return value
+    return DEFAULT_BUFFER_LIMIT
 
 
 def _merge_options(options: ChannelOptions | None) -> list[tuple[str, Any]]:

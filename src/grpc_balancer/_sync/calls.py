@@ -118,6 +118,7 @@ class _SyncMultiCallable:
             throttle=core.throttle,
             emit=core.emit,
             clock=time.monotonic,
+            buffer_limit=core.retry_buffer_size,
         )
 
     def inner(self, sc: Any) -> Any:

@@ -1,0 +1,251 @@
+"""The one call path, end to end: the cases where the old per-kind copies drifted.
+
+Each test runs real servers (in-process, on 127.0.0.1) and the real channels; the
+decisions themselves are unit-tested in tests/test_attempt_plan.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import grpc
+import grpc.aio
+
+import grpc_balancer
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.demo.servicer import Faults
+from grpc_balancer.testing import GreeterFleet
+from tests.helpers import eventually
+
+Req = greeter_pb2.HelloRequest
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+def _method_config(**policy: Any) -> dict[str, Any]:
+    return {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [{"name": [{"service": "greeter.Greeter"}], **policy}],
+    }
+
+
+def retrying(max_attempts: int = 5, backoff: str = "0.2s") -> dict[str, Any]:
+    return _method_config(
+        retryPolicy={
+            "maxAttempts": max_attempts,
+            "initialBackoff": backoff,
+            "maxBackoff": backoff,
+            "backoffMultiplier": 1,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
+    )
+
+
+def hedging(delay: str = "0.05s", max_attempts: int = 3) -> dict[str, Any]:
+    return _method_config(
+        hedgingPolicy={
+            "maxAttempts": max_attempts,
+            "hedgingDelay": delay,
+            "nonFatalStatusCodes": ["UNAVAILABLE"],
+        }
+    )
+
+
+def served(fleet: GreeterFleet) -> int:
+    return sum(s.servicer.calls for s in fleet.servers if s.servicer is not None)
+
+
+async def test_aio_unary_call_starts_when_created_not_when_awaited() -> None:
+    async with (
+        GreeterFleet(1) as fleet,
+        grpc_balancer.aio.insecure_channel(fleet.target()) as ch,
+    ):
+        await ch.channel_ready()
+        stub = greeter_pb2_grpc.GreeterStub(ch)
+        call = stub.SayHello(Req(name="early"), timeout=10)
+        await eventually(lambda: served(fleet) == 1)  # reached the server, not awaited yet
+        reply = await call
+        assert "early" in reply.message
+
+
+async def test_sync_future_with_retry_policy_reports_previous_attempts() -> None:
+    fleet = GreeterFleet(3, faults=[Faults(fail_rate=1.0), Faults(fail_rate=1.0), Faults()])
+    async with fleet:
+        ch = grpc_balancer.insecure_channel(
+            fleet.target(), service_config=retrying(backoff="0.01s")
+        )
+        try:
+            await asyncio.to_thread(ch.wait_for_settled, 10)
+            stub = greeter_pb2_grpc.GreeterStub(ch)
+
+            def run() -> tuple[Any, Any]:
+                future = stub.SayHello.future(Req(name="f"), timeout=10)
+                return future.result(), future
+
+            for _ in range(3):
+                reply, future = await asyncio.to_thread(run)
+                assert "from" in reply.message
+                assert future.code() is grpc.StatusCode.OK
+                trailers = dict(future.trailing_metadata() or ())
+                assert int(trailers.get("grpc-previous-rpc-attempts", "0")) >= 1
+        finally:
+            ch.close()
+
+
+async def test_hedged_sync_futures_hold_no_thread_per_call() -> None:
+    faults = [Faults(delay_ms=300), Faults(delay_ms=300), Faults()]
+    async with GreeterFleet(3, faults=faults) as fleet:
+        ch = grpc_balancer.insecure_channel(fleet.target(), service_config=hedging())
+        try:
+            await asyncio.to_thread(ch.wait_for_settled, 10)
+            stub = greeter_pb2_grpc.GreeterStub(ch)
+            before = threading.active_count()
+            futures = [stub.SayHello.future(Req(name=str(i)), timeout=20) for i in range(60)]
+            during = threading.active_count()
+            replies = await asyncio.to_thread(lambda: [f.result() for f in futures])
+            assert len(replies) == 60
+            assert during - before < 10  # grpcio's own pollers at most, never one per call
+            trailers = [dict(f.trailing_metadata() or ()) for f in futures]
+            assert any("grpc-previous-rpc-attempts" in t for t in trailers)  # hedges answered
+        finally:
+            ch.close()
+
+
+async def test_cancelled_sync_future_is_done_at_once_and_stops_hedging() -> None:
+    faults = [Faults(delay_ms=2_000)] * 3
+    async with GreeterFleet(3, faults=faults) as fleet:
+        ch = grpc_balancer.insecure_channel(
+            fleet.target(), service_config=hedging(delay="0.5s", max_attempts=3)
+        )
+        try:
+            await asyncio.to_thread(ch.wait_for_settled, 10)
+            stub = greeter_pb2_grpc.GreeterStub(ch)
+            futures = [stub.SayHello.future(Req(name=str(i)), timeout=20) for i in range(20)]
+            await eventually(lambda: served(fleet) >= 20)
+            for future in futures:
+                assert future.cancel()
+                assert future.done() and not future.running() and future.cancelled()
+            sent = served(fleet)
+            await asyncio.sleep(1.2)  # past two more hedging delays
+            assert served(fleet) == sent  # no hedge went out after cancel()
+        finally:
+            ch.close()
+
+
+async def test_sync_futures_pending_at_close_finish_cancelled() -> None:
+    async with GreeterFleet(1, faults=[Faults(fail_rate=1.0)]) as fleet:
+        ch = grpc_balancer.insecure_channel(fleet.target(), service_config=retrying(backoff="5s"))
+        await asyncio.to_thread(ch.wait_for_settled, 10)
+        stub = greeter_pb2_grpc.GreeterStub(ch)
+        futures = [stub.SayHello.future(Req(name=str(i)), timeout=30) for i in range(10)]
+        await eventually(lambda: served(fleet) >= 10)  # all in their 5 s backoff now
+        await asyncio.to_thread(ch.close)
+        for future in futures:
+            error = await asyncio.to_thread(future.exception, 5)
+            assert error is not None and error.code() is grpc.StatusCode.CANCELLED
+
+
+async def test_retrying_stream_cancelled_during_backoff_ends_at_once() -> None:
+    # 3 failing backends, maxAttempts 5: cancel() during the first backoff
+    fleet = GreeterFleet(3, faults=[Faults(fail_rate=1.0)] * 3)
+    async with fleet:
+        for kind in ("aio", "sync"):
+            if kind == "aio":
+                async with grpc_balancer.aio.insecure_channel(
+                    fleet.target(), service_config=retrying(backoff="2s")
+                ) as ach:
+                    await ach.channel_ready()
+                    call = greeter_pb2_grpc.GreeterStub(ach).SayHelloStream(
+                        Req(name="s", count=3), timeout=30
+                    )
+                    start = served(fleet)
+                    await eventually(lambda s=start: served(fleet) > s)
+                    assert call.cancel()
+                    assert await call.code() is grpc.StatusCode.CANCELLED
+                    await asyncio.sleep(0.3)
+                    assert served(fleet) - start == 1
+            else:
+                sch = grpc_balancer.insecure_channel(
+                    fleet.target(), service_config=retrying(backoff="2s")
+                )
+                try:
+                    await asyncio.to_thread(sch.wait_for_settled, 10)
+                    stream = greeter_pb2_grpc.GreeterStub(sch).SayHelloStream(
+                        Req(name="s", count=3), timeout=30
+                    )
+                    start = served(fleet)
+                    outcome: dict[str, Any] = {}
+
+                    def read() -> None:
+                        try:
+                            outcome["messages"] = list(stream)
+                        except grpc.RpcError as err:
+                            outcome["error"] = err
+
+                    reader = threading.Thread(target=read)
+                    reader.start()
+                    await eventually(lambda s=start: served(fleet) > s)
+                    await asyncio.sleep(0.1)
+                    assert stream.cancel()
+                    await asyncio.to_thread(reader.join, 5)
+                    assert not reader.is_alive()
+                    assert outcome["error"].code() is grpc.StatusCode.CANCELLED
+                    assert served(fleet) - start == 1
+                finally:
+                    sch.close()
+
+
+async def test_transparent_retry_exhaustion_is_the_same_error_on_future_and_blocking() -> None:
+    # nothing listens on these ports: every attempt fails before reaching a server
+    from grpc_balancer.testing import free_port
+
+    target = f"static:///127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    ch = grpc_balancer.insecure_channel(
+        target, service_config=retrying(max_attempts=2, backoff="0.01s")
+    )
+    try:
+        stub = greeter_pb2_grpc.GreeterStub(ch)
+
+        def blocking() -> Any:
+            try:
+                stub.SayHello(Req(name="x"), timeout=5)
+            except grpc.RpcError as err:
+                return err
+            raise AssertionError("the call should have failed")
+
+        def future() -> Any:
+            return stub.SayHello.future(Req(name="x"), timeout=5).exception()
+
+        errors = [await asyncio.to_thread(blocking), await asyncio.to_thread(future)]
+        for error in errors:
+            assert isinstance(error, grpc.RpcError)
+            assert isinstance(error, grpc.Call) and isinstance(error, grpc.Future)
+            assert error.code() is UNAVAILABLE
+        assert errors[0].details() == errors[1].details()
+    finally:
+        ch.close()
+
+
+async def test_client_stream_past_the_retry_buffer_limit_commits_and_is_not_retried() -> None:
+    requests = [Req(name="x" * 100) for _ in range(5)]  # ~500 request bytes
+    for limit, expected_attempts in ((64, 1), (1 << 20, 3)):
+        fleet = GreeterFleet(1, faults=[Faults(fail_rate=1.0)])
+        async with (
+            fleet,
+            grpc_balancer.aio.insecure_channel(
+                fleet.target(),
+                options=[("grpc.per_rpc_retry_buffer_size", limit)],
+                service_config=retrying(max_attempts=3, backoff="0.01s"),
+            ) as ch,
+        ):
+            await ch.channel_ready()
+            stub = greeter_pb2_grpc.GreeterStub(ch)
+            call = stub.SayHelloToMany(iter(requests), timeout=10)
+            try:
+                await call
+            except grpc.aio.AioRpcError as err:
+                assert err.code() is UNAVAILABLE
+            else:
+                raise AssertionError("the call should have failed")
+        assert served(fleet) == expected_attempts, limit
