@@ -177,7 +177,7 @@ async def test_retrying_stream_cancelled_during_backoff_ends_at_once() -> None:
                     start = served(fleet)
                     outcome: dict[str, Any] = {}
 
-                    def read() -> None:
+                    def read(stream: Any = stream, outcome: dict[str, Any] = outcome) -> None:
                         try:
                             outcome["messages"] = list(stream)
                         except grpc.RpcError as err:
