@@ -249,3 +249,23 @@ async def test_client_stream_past_the_retry_buffer_limit_commits_and_is_not_retr
             else:
                 raise AssertionError("the call should have failed")
         assert served(fleet) == expected_attempts, limit
+
+
+async def test_trailers_of_every_call_kind_reach_trailer_observers(channel_kind: str) -> None:
+    # the hook weighted_round_robin reads ORCA per-call reports from
+    from tests.channels import open_channel
+
+    async with (
+        GreeterFleet(2) as fleet,
+        open_channel(channel_kind, fleet.target(), policy="round_robin") as ch,
+    ):
+        assert await ch.wait_for_settled(10)
+        seen: list[str] = []
+        for sc in ch.subchannels:
+            sc.trailer_observers.append(lambda sc, trailers: seen.append(sc.address))
+        stub = ch.stub()
+        await stub.SayHello(Req(name="a"), timeout=10)
+        await stub.SayHelloStream(Req(name="b", count=2), timeout=10)
+        await stub.SayHelloToMany([Req(name="c"), Req(name="d")], timeout=10)
+        await stub.Chat([Req(name="e")], timeout=10)
+        await eventually(lambda: len(seen) == 4)

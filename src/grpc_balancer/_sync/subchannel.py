@@ -113,6 +113,10 @@ class SyncSubchannel(Subchannel):
         if close:
             self._call_soon(self._close_now)
 
+    def trailers_received(self, trailers: Any) -> None:
+        # ORCA observers update policy state: on the loop thread, like call observers.
+        self._call_soon(super().trailers_received, trailers)
+
     def _run_observers(self, latency: float, code: grpc.StatusCode) -> None:
         for observer in self.call_observers:
             observer(self, latency, code)
