@@ -480,6 +480,7 @@ class AttemptPlan:
                 self._throttle is not None
                 and code in retry.retryable_codes
                 and self._counted < retry.max_attempts
+                and not self._throttle.allows_retry()
             ):
                 self._emit(Event.THROTTLED, attempt.subchannel, code)
             return self._finish(Finish(attempt, code, details, self._previous(attempt)))
