@@ -40,7 +40,6 @@ from grpc_balancer._attempts.retry import (
     RetryPolicy,
     RetryThrottle,
     hedge_failure_is_fatal,
-    may_send_hedge,
     parse_pushback,
     record_success,
     retry_delay_s,
@@ -408,7 +407,9 @@ class AttemptPlan:
         self.wake_at = None
         if self._sent >= self._hedge_limit:
             return self._maybe_give_up()
-        if not may_send_hedge(policy, self._sent, self._throttle):
+        # _hedge_limit counts the attempts (maxAttempts plus not-sent ones re-sent):
+        # only the throttle is left to ask (may_send_hedge would cap at maxAttempts)
+        if self._throttle is not None and not self._throttle.allows_retry():
             self._emit(Event.THROTTLED, None, None)
             self._hedge_limit = self._sent
             return self._maybe_give_up()
