@@ -399,6 +399,9 @@ class AttemptPlan:
                 self._emit(Event.HEDGE, sc, None)
             if self._sent < self._hedge_limit:
                 self.wake_at = now + self._hedging.delay_s
+        if not self._replayable:
+            # nothing sent from here on could be replayed: this attempt is the call
+            return [Send(attempt), *self._commit(attempt)]
         return [Send(attempt)]
 
     def _next_hedge(self) -> list[Action]:
