@@ -203,6 +203,8 @@ class AttemptPlan:
         self._retry = retry
         self._hedging = hedging
         self._throttle = throttle
+        #: A success refills the throttle (even after a commit dropped the policies).
+        self._refills = retry is not None or hedging is not None
         self._emit = emit
         self._clock = clock
         self._rng = rng
@@ -318,7 +320,7 @@ class AttemptPlan:
         if attempt is not self.committed:
             return []
         self.running = []
-        if code is Code.OK and (self._retry is not None or self._hedging is not None):
+        if code is Code.OK and self._refills:
             record_success(self._throttle)
         return self._finish(Finish(attempt, code, details, self._previous(attempt)))
 
@@ -432,7 +434,7 @@ class AttemptPlan:
         return self._finish(Finish(attempt, code, details, self._previous(attempt)))
 
     def _won(self, attempt: Attempt) -> list[Action]:
-        if self._retry is not None or self._hedging is not None:
+        if self._refills:
             record_success(self._throttle)
         actions: list[Action] = [Cancel(a) for a in self.running]
         self.running = []
