@@ -464,12 +464,11 @@ class AttemptPlan:
         if self.committed is attempt:
             return self._finish(Finish(attempt, code, details, self._previous(attempt)))
         not_sent = never_reached_server(code, details)
-        if not_sent:
-            self._emit(Event.TRANSPARENT_RETRY, attempt.subchannel, code)
         if self._hedging is not None:
             return self._hedge_failed(attempt, code, details, not_sent)
         if not_sent and self._replayable and self._transparent < MAX_TRANSPARENT_RETRIES:
             self._transparent += 1
+            self._emit(Event.TRANSPARENT_RETRY, attempt.subchannel, code)
             self._sent -= 1  # it never left: the next one is not a retry
             # The picker has not seen the failure yet: give the subchannel's state
             # change a moment to land rather than re-sending blindly.
@@ -514,6 +513,7 @@ class AttemptPlan:
             return actions + self._finish(Finish(attempt, code, details, self._previous(attempt)))
         if not_sent and self._transparent < MAX_TRANSPARENT_RETRIES:
             self._transparent += 1
+            self._emit(Event.TRANSPARENT_RETRY, attempt.subchannel, code)
             self._hedge_limit = min(
                 self._hedge_limit + 1, policy.max_attempts + MAX_TRANSPARENT_RETRIES
             )
