@@ -279,6 +279,9 @@ class Harness:
             assert sc.in_flight == sum(not a.ended for a in on_sc)
         if self.plan.done:
             assert self.finishes == [self.plan.outcome]
+            # the call is over: no attempt is left running without a Cancel
+            for attempt in self.sent:
+                assert attempt in self.reported or attempt in self.cancelled, attempt
             assert self.plan.wake_at is None and self.plan.waiting_on is None
         else:
             assert not self.finishes
