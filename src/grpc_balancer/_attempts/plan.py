@@ -40,7 +40,6 @@ from grpc_balancer._attempts.retry import (
     RetryPolicy,
     RetryThrottle,
     hedge_failure_is_fatal,
-    may_send_hedge,
     parse_pushback,
     record_success,
     retry_delay_s,
@@ -204,6 +203,8 @@ class AttemptPlan:
         self._retry = retry
         self._hedging = hedging
         self._throttle = throttle
+        #: A success refills the throttle (even after a commit dropped the policies).
+        self._refills = retry is not None or hedging is not None
         self._emit = emit
         self._clock = clock
         self._rng = rng
@@ -319,7 +320,7 @@ class AttemptPlan:
         if attempt is not self.committed:
             return []
         self.running = []
-        if code is Code.OK and (self._retry is not None or self._hedging is not None):
+        if code is Code.OK and self._refills:
             record_success(self._throttle)
         return self._finish(Finish(attempt, code, details, self._previous(attempt)))
 
@@ -400,6 +401,9 @@ class AttemptPlan:
                 self._emit(Event.HEDGE, sc, None)
             if self._sent < self._hedge_limit:
                 self.wake_at = now + self._hedging.delay_s
+        if not self._replayable:
+            # nothing sent from here on could be replayed: this attempt is the call
+            return [Send(attempt), *self._commit(attempt)]
         return [Send(attempt)]
 
     def _next_hedge(self) -> list[Action]:
@@ -408,7 +412,9 @@ class AttemptPlan:
         self.wake_at = None
         if self._sent >= self._hedge_limit:
             return self._maybe_give_up()
-        if not may_send_hedge(policy, self._sent, self._throttle):
+        # _hedge_limit counts the attempts (maxAttempts plus not-sent ones re-sent):
+        # only the throttle is left to ask (may_send_hedge would cap at maxAttempts)
+        if self._throttle is not None and not self._throttle.allows_retry():
             self._emit(Event.THROTTLED, None, None)
             self._hedge_limit = self._sent
             return self._maybe_give_up()
@@ -428,7 +434,7 @@ class AttemptPlan:
         return self._finish(Finish(attempt, code, details, self._previous(attempt)))
 
     def _won(self, attempt: Attempt) -> list[Action]:
-        if self._retry is not None or self._hedging is not None:
+        if self._refills:
             record_success(self._throttle)
         actions: list[Action] = [Cancel(a) for a in self.running]
         self.running = []
@@ -458,12 +464,11 @@ class AttemptPlan:
         if self.committed is attempt:
             return self._finish(Finish(attempt, code, details, self._previous(attempt)))
         not_sent = never_reached_server(code, details)
-        if not_sent:
-            self._emit(Event.TRANSPARENT_RETRY, attempt.subchannel, code)
         if self._hedging is not None:
             return self._hedge_failed(attempt, code, details, not_sent)
         if not_sent and self._replayable and self._transparent < MAX_TRANSPARENT_RETRIES:
             self._transparent += 1
+            self._emit(Event.TRANSPARENT_RETRY, attempt.subchannel, code)
             self._sent -= 1  # it never left: the next one is not a retry
             # The picker has not seen the failure yet: give the subchannel's state
             # change a moment to land rather than re-sending blindly.
@@ -480,6 +485,7 @@ class AttemptPlan:
                 self._throttle is not None
                 and code in retry.retryable_codes
                 and self._counted < retry.max_attempts
+                and not self._throttle.allows_retry()
             ):
                 self._emit(Event.THROTTLED, attempt.subchannel, code)
             return self._finish(Finish(attempt, code, details, self._previous(attempt)))
@@ -507,6 +513,7 @@ class AttemptPlan:
             return actions + self._finish(Finish(attempt, code, details, self._previous(attempt)))
         if not_sent and self._transparent < MAX_TRANSPARENT_RETRIES:
             self._transparent += 1
+            self._emit(Event.TRANSPARENT_RETRY, attempt.subchannel, code)
             self._hedge_limit = min(
                 self._hedge_limit + 1, policy.max_attempts + MAX_TRANSPARENT_RETRIES
             )
