@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.ring_spread import fake_subchannels
+from grpc_balancer._core.load import LatencyEstimate
 from grpc_balancer.picker import Picker, PickInfo
 from grpc_balancer.policies._stride import StridePicker, scale_weights
 from grpc_balancer.policies.least_request import LeastRequestPicker
-from grpc_balancer.policies.peak_ewma import LatencyEstimate, PeakEwmaPicker
+from grpc_balancer.policies.peak_ewma import PeakEwmaPicker
 from grpc_balancer.policies.ring_hash import RingHashPicker, build_ring
 from grpc_balancer.policies.round_robin import RoundRobinPicker
 

@@ -6,10 +6,11 @@ import grpc
 import pytest
 
 from grpc_balancer import aio
+from grpc_balancer._core.load import LatencyEstimate
 from grpc_balancer.demo.servicer import Faults
 from grpc_balancer.errors import ServiceConfigError
 from grpc_balancer.picker import PickInfo
-from grpc_balancer.policies.peak_ewma import LatencyEstimate, PeakEwmaPicker
+from grpc_balancer.policies.peak_ewma import PeakEwmaPicker
 from grpc_balancer.testing import GreeterFleet
 from tests.channels import open_channel
 from tests.helpers import counts, say_hello_ports
@@ -36,10 +37,10 @@ def test_estimate_is_peak_sensitive_and_decays() -> None:
 
 def test_failures_count_as_slow_and_cancellations_not_at_all() -> None:
     est = LatencyEstimate(decay_s=10.0, penalty_s=1.0)
-    est.on_call(None, 0.001, grpc.StatusCode.OK, 0.0)  # type: ignore[arg-type]
-    est.on_call(None, 0.001, grpc.StatusCode.CANCELLED, 0.1)  # type: ignore[arg-type]
+    est.on_call(0.001, grpc.StatusCode.OK, 0.0)
+    est.on_call(0.001, grpc.StatusCode.CANCELLED, 0.1)
     assert est.samples == 1
-    est.on_call(None, 0.001, grpc.StatusCode.UNAVAILABLE, 0.2)  # type: ignore[arg-type]
+    est.on_call(0.001, grpc.StatusCode.UNAVAILABLE, 0.2)
     assert est.value_s == 1.0
 
 
@@ -129,3 +130,23 @@ def test_config_errors_name_the_field(config: dict[str, object], field: str) -> 
         aio.insecure_channel(
             "static:///127.0.0.1:1", service_config={"loadBalancingConfig": [{"peak_ewma": config}]}
         )
+
+
+async def test_one_latency_estimate_per_backend_is_what_the_policy_and_status_read() -> None:
+    from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
+
+    config = {"loadBalancingConfig": [{"peak_ewma": {"decayTime": "3s"}}]}
+    async with (
+        GreeterFleet(2) as fleet,
+        aio.insecure_channel(fleet.target(), service_config=config) as ch,
+    ):
+        assert await ch.wait_for_settled(10)
+        stub = greeter_pb2_grpc.GreeterStub(ch)
+        for _ in range(6):
+            await stub.SayHello(greeter_pb2.HelloRequest(name="x"), timeout=10)
+        for sc in ch.subchannels:
+            assert sc.latency.decay_s == 3.0  # the policy tuned the backend's own estimate
+        status = {b.address: b for b in ch.status().subchannels}
+        for sc in ch.subchannels:
+            if sc.latency.samples:
+                assert status[sc.address].latency_ms == sc.latency.value_s * 1000.0

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import grpc
 import grpc.aio
 
-from grpc_balancer._core.load import PeakEwma
+from grpc_balancer._core.load import LatencyEstimate
 from grpc_balancer.endpoint import Endpoint
 
 log = logging.getLogger("grpc_balancer.subchannel")
@@ -64,7 +64,8 @@ class Subchannel:
         self.in_flight = 0
         self.calls_started = 0
         self.calls_failed = 0
-        self.latency = PeakEwma(clock=clock)
+        #: The one latency estimate of this backend (peak_ewma, status, metrics).
+        self.latency = LatencyEstimate()
         self.created_at = clock()
         self.ready_since: float | None = None
         #: Extra per-policy or per-feature state (ORCA weights, outlier counters...).
@@ -200,10 +201,11 @@ class Subchannel:
 
     def call_finished(self, started_at: float, code: grpc.StatusCode) -> None:
         self.in_flight -= 1
-        latency = self._clock() - started_at
+        now = self._clock()
+        latency = now - started_at
         if code is not grpc.StatusCode.OK:
             self.calls_failed += 1
-        self.latency.observe(latency)
+        self.latency.on_call(latency, code, now)
         for observer in self.call_observers:
             observer(self, latency, code)
         if self._closing and self.in_flight == 0:

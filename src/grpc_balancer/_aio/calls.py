@@ -142,6 +142,7 @@ class _Call:
         self._waiting_on: PickerGeneration | None = None
         self._prefetched: dict[Attempt, Any] = {}
         self._responded: set[Attempt] = set()
+        self._readers: set[asyncio.Task[None]] = set()
         self._cancelled = False
         self._last: Attempt | None = None
         self._plan = AttemptPlan(
@@ -239,7 +240,9 @@ class _Call:
         attempt.call = call
         call.add_done_callback(partial(self._attempt_done, attempt))
         if self._prefetch:
-            self._loop.create_task(self._read_first(attempt))
+            task = self._loop.create_task(self._read_first(attempt))
+            self._readers.add(task)  # the loop keeps only a weak reference
+            task.add_done_callback(self._readers.discard)
 
     def _attempt_done(self, attempt: Attempt, call: Any) -> None:
         if self._prefetch and attempt not in self._responded:

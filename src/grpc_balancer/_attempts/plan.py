@@ -89,6 +89,8 @@ class Kind(enum.Enum):
     def unary_response(self) -> bool:
         return self in (Kind.UNARY_UNARY, Kind.STREAM_UNARY)
 
+    __hash__ = object.__hash__  # members are singletons: C-level hashing on the hot path
+
 
 class State(enum.Enum):
     IDLE = "idle"
@@ -97,6 +99,8 @@ class State(enum.Enum):
     BACKOFF = "backoff"  # a retry is due at wake_at
     COMMITTED = "committed"  # one attempt is the call now (a stream being read)
     DONE = "done"
+
+    __hash__ = object.__hash__  # members are singletons: C-level hashing on the hot path
 
 
 class Input(enum.Enum):
@@ -107,6 +111,8 @@ class Input(enum.Enum):
     RESPONSE = "response"
     BUFFERED = "buffered"
     CANCEL = "cancel"
+
+    __hash__ = object.__hash__  # members are singletons: C-level hashing on the hot path
 
 
 class PlanError(RuntimeError):
@@ -376,7 +382,8 @@ class AttemptPlan:
         return []
 
     def _send(self, sc: Any) -> list[Action]:
-        now = self._clock()
+        # the clock is read only when a deadline or a hedging delay needs it
+        now = self._clock() if self.deadline is not None or self._hedging is not None else 0.0
         timeout = None
         if self.deadline is not None:
             timeout = self.deadline - now

@@ -1,45 +1,64 @@
-"""Per-subchannel load measures, updated in place on every call (no locks: the
-event loop is the only writer).
+"""Each backend's one latency estimate, updated in place by every attempt's record
+(the event loop, or a sync subchannel's lock, is the only writer) and read by
+peak_ewma, ``status()`` and the metrics alike.
 
-``PeakEwma`` is Finagle's/Linkerd's latency estimate: an exponentially weighted
-moving average that jumps to any *slower* sample at once (peak-sensitive) and decays
-back toward faster samples with time constant ``decay_s``.
+Finagle's/Linkerd's peak EWMA: a slower sample replaces the estimate at once, faster
+samples pull it down with time constant ``decay_s``; a failure counts as a sample of
+at least ``penalty_s`` (a backend that fails fast never looks fast), a cancelled call
+teaches nothing.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
+
+import grpc
 
 DEFAULT_DECAY_S = 10.0
+DEFAULT_PENALTY_S = 1.0
+_exp = math.exp
+_OK = grpc.StatusCode.OK
+_CANCELLED = grpc.StatusCode.CANCELLED
 
 
-class PeakEwma:
-    __slots__ = ("_clock", "_decay_s", "_stamp", "samples", "value_s")
+class LatencyEstimate:
+    """Peak EWMA of one backend's latency, with failures counted as slow samples."""
+
+    __slots__ = ("busy_since", "decay_s", "penalty_s", "samples", "stamp", "value_s")
 
     def __init__(
-        self,
-        decay_s: float = DEFAULT_DECAY_S,
-        clock: Callable[[], float] = time.monotonic,
-        initial_s: float = 0.0,
+        self, decay_s: float = DEFAULT_DECAY_S, penalty_s: float = DEFAULT_PENALTY_S
     ) -> None:
-        self._decay_s = decay_s
-        self._clock = clock
-        self._stamp = clock()
-        self.value_s = initial_s
+        self.decay_s = decay_s
+        self.penalty_s = penalty_s
+        self.value_s = 0.0
+        self.stamp = 0.0
         self.samples = 0
+        #: when the backend last went from idle to busy (set by the picker)
+        self.busy_since = 0.0
 
-    def observe(self, rtt_s: float) -> None:
-        now = self._clock()
-        if self.samples == 0 or rtt_s > self.value_s:
-            self.value_s = rtt_s
+    def at(self, now: float) -> float:
+        """The estimate decayed to ``now`` (decays toward zero while nothing is learnt)."""
+        elapsed = now - self.stamp
+        if elapsed < 0.001:  # skip exp() when the sample is fresh (busy backends)
+            return self.value_s
+        return self.value_s * _exp(-elapsed / self.decay_s)
+
+    def observe(self, rtt_s: float, now: float) -> None:
+        if self.samples < 2:
+            self.value_s = rtt_s  # the first reply may carry connection setup: provisional
         else:
-            elapsed = max(now - self._stamp, 0.0)
-            w = math.exp(-elapsed / self._decay_s)
-            self.value_s = self.value_s * w + rtt_s * (1.0 - w)
-        self._stamp = now
+            w = math.exp(-max(now - self.stamp, 0.0) / self.decay_s)
+            current = self.value_s * w
+            self.value_s = rtt_s if rtt_s > current else current + (rtt_s - current) * (1.0 - w)
+        self.stamp = now
         self.samples += 1
 
+    def on_call(self, latency_s: float, code: grpc.StatusCode, now: float) -> None:
+        if code is _OK:
+            self.observe(latency_s, now)
+        elif code is not _CANCELLED:
+            self.observe(max(latency_s, self.penalty_s), now)
+
     def __repr__(self) -> str:
-        return f"<PeakEwma {self.value_s * 1000:.2f}ms n={self.samples}>"
+        return f"<LatencyEstimate {self.value_s * 1000:.2f}ms n={self.samples}>"

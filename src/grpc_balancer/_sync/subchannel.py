@@ -101,12 +101,13 @@ class SyncSubchannel(Subchannel):
         return self._clock()
 
     def call_finished(self, started_at: float, code: grpc.StatusCode) -> None:
-        latency = self._clock() - started_at
+        now = self._clock()
+        latency = now - started_at
         with self._lock:
             self.in_flight -= 1
             if code is not grpc.StatusCode.OK:
                 self.calls_failed += 1
-            self.latency.observe(latency)
+            self.latency.on_call(latency, code, now)
             close = self._closing and self.in_flight == 0
         if self.call_observers:
             self._call_soon(self._run_observers, latency, code)

@@ -27,6 +27,7 @@ from typing import Any
 
 import grpc
 
+from grpc_balancer._core.load import LatencyEstimate
 from grpc_balancer.errors import ServiceConfigError
 from grpc_balancer.picker import PickInfo, first_not_excluded
 from grpc_balancer.policies import _config
@@ -43,47 +44,6 @@ _exp = math.exp
 _SILENT_FACTOR = 8.0
 _CANCELLED = grpc.StatusCode.CANCELLED
 _OK = grpc.StatusCode.OK
-
-
-class LatencyEstimate:
-    """Peak EWMA of one backend's latency, with failures counted as slow samples."""
-
-    __slots__ = ("busy_since", "decay_s", "penalty_s", "samples", "stamp", "value_s")
-
-    def __init__(self, decay_s: float, penalty_s: float) -> None:
-        self.decay_s = decay_s
-        self.penalty_s = penalty_s
-        self.value_s = 0.0
-        self.stamp = 0.0
-        self.samples = 0
-        #: when the backend last went from idle to busy (set by the picker)
-        self.busy_since = 0.0
-
-    def at(self, now: float) -> float:
-        """The estimate decayed to ``now`` (decays toward zero while nothing is learnt)."""
-        elapsed = now - self.stamp
-        if elapsed < 0.001:  # skip exp() when the sample is fresh (busy backends)
-            return self.value_s
-        return self.value_s * _exp(-elapsed / self.decay_s)
-
-    def observe(self, rtt_s: float, now: float) -> None:
-        if self.samples < 2:
-            self.value_s = rtt_s  # the first reply may carry connection setup: provisional
-        else:
-            w = math.exp(-max(now - self.stamp, 0.0) / self.decay_s)
-            current = self.value_s * w
-            self.value_s = rtt_s if rtt_s > current else current + (rtt_s - current) * (1.0 - w)
-        self.stamp = now
-        self.samples += 1
-
-    def on_call(self, sc: Subchannel, latency_s: float, code: grpc.StatusCode, now: float) -> None:
-        if code is _OK:
-            self.observe(latency_s, now)
-        elif code is not _CANCELLED:
-            self.observe(max(latency_s, self.penalty_s), now)
-
-    def __repr__(self) -> str:
-        return f"<LatencyEstimate {self.value_s * 1000:.2f}ms n={self.samples}>"
 
 
 class PeakEwmaPicker:
@@ -174,27 +134,16 @@ class PeakEwmaPolicy(BasePolicy):
         self._clock = clock
 
     def estimate(self, sc: Subchannel) -> LatencyEstimate:
-        est = sc.attrs.get(_ATTR)
-        if not isinstance(est, LatencyEstimate):
-            est = LatencyEstimate(self.decay_s, self.penalty_s)
-            sc.attrs[_ATTR] = est
+        """The backend's one latency estimate (the one status() and metrics show),
+        tuned to this policy's decayTime and failurePenalty."""
+        est = sc.latency
+        est.decay_s = self.decay_s
+        est.penalty_s = self.penalty_s
         return est
 
     def subchannel_added(self, subchannel: Subchannel) -> None:
-        est = self.estimate(subchannel)
-        clock = self._clock
-
-        def observe(sc: Subchannel, latency_s: float, code: grpc.StatusCode) -> None:
-            est.on_call(sc, latency_s, code, clock())
-
-        subchannel.attrs[_ATTR + ".observer"] = observe
-        subchannel.call_observers.append(observe)
+        self.estimate(subchannel)
         super().subchannel_added(subchannel)
-
-    def subchannel_removed(self, subchannel: Subchannel) -> None:
-        observe = subchannel.attrs.pop(_ATTR + ".observer", None)
-        if observe in subchannel.call_observers:
-            subchannel.call_observers.remove(observe)
 
     def build_picker(self, usable: list[Subchannel]) -> PeakEwmaPicker:
         estimates = [self.estimate(sc) for sc in usable]
