@@ -148,7 +148,7 @@ class Picking:
         if any."""
         others = [
             sc
-            for sc in list(self._subchannels)
+            for sc in self._snapshot()
             if sc.usable
             and sc not in info.exclude
             and sc.endpoint.priority == picked.endpoint.priority
@@ -162,7 +162,7 @@ class Picking:
         limit = self.max_requests
         skipped = {first}
         self._emit(Event.SATURATED, first, None)
-        subchannels = list(self._subchannels)
+        subchannels = self._snapshot()
         for _ in range(len(subchannels)):
             try:
                 sc = picker.pick(
@@ -182,6 +182,16 @@ class Picking:
         self._emit(Event.REJECTED, None, SATURATED_CODE)
         busy = [sc.address for sc in subchannels if sc.usable]
         raise PickError(SATURATED_CODE, saturated_message(self.target, limit, busy))
+
+    def _snapshot(self) -> list[Subchannel]:
+        """The subchannels now; the sync channel's caller threads read the set while
+        the loop thread may change it, so a copy that raced is simply taken again."""
+        for _ in range(10):
+            try:
+                return list(self._subchannels)
+            except RuntimeError:  # "Set changed size during iteration"
+                continue
+        return list(self._subchannels)
 
     def why_waiting(self) -> str:
         """Why no backend could be picked, for a call whose deadline ran out waiting."""
