@@ -269,3 +269,18 @@ async def test_trailers_of_every_call_kind_reach_trailer_observers(channel_kind:
         await stub.SayHelloToMany([Req(name="c"), Req(name="d")], timeout=10)
         await stub.Chat([Req(name="e")], timeout=10)
         await eventually(lambda: len(seen) == 4)
+
+
+async def test_aio_calls_in_a_backoff_end_cancelled_when_the_channel_closes() -> None:
+    async with GreeterFleet(1, faults=[Faults(fail_rate=1.0)]) as fleet:
+        ch = grpc_balancer.aio.insecure_channel(
+            fleet.target(), service_config=retrying(backoff="30s")
+        )
+        await ch.channel_ready()
+        stub = greeter_pb2_grpc.GreeterStub(ch)
+        calls = [stub.SayHello(Req(name=str(i)), timeout=60) for i in range(5)]
+        await eventually(lambda: served(fleet) >= 5)  # every call is in its 30 s backoff
+        await ch.close()
+        for call in calls:
+            assert await call.code() is grpc.StatusCode.CANCELLED
+            assert "closed" in await call.details()

@@ -186,6 +186,8 @@ class _Call:
                     self._requests.commit()
             elif type(action) is Finish:
                 self._finished(action)
+        if (plan.wake_at is not None or plan.waiting_on is not None) and not plan.done:
+            self._channel.waiting_calls.add(self)
         if plan.wake_at != self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
@@ -283,7 +285,13 @@ class _Call:
     def _buffered(self, nbytes: int) -> None:
         self._run(self._plan.on_buffered(nbytes))
 
+    def close_from_channel(self) -> None:
+        """The channel closed: end now with CANCELLED (a backoff would outlive it)."""
+        if not self._plan.done:
+            self._run(self._plan.cancel("channel closed"))
+
     def _finished(self, finish: Finish) -> None:
+        self._channel.waiting_calls.discard(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -100,6 +100,8 @@ class BalancedChannel(grpc.aio.Channel):
         self.throttle: RetryThrottle | None = make_throttle(self.config.throttling)
         #: circuitBreakers.maxRequests (0: no per-backend limit).
         self.max_requests = self.config.max_requests_per_backend
+        #: Calls whose plan waits (a backoff, a picker, a hedging delay): close() ends them.
+        self.waiting_calls: set[Any] = set()
         #: The one pick seam: picker + change signal, read by every call's plan.
         self.picking = Picking(
             self._target.raw,
@@ -155,6 +157,8 @@ class BalancedChannel(grpc.aio.Channel):
         self._publish(
             Connectivity.SHUTDOWN, FailPicker(grpc.StatusCode.CANCELLED, "channel closed")
         )
+        for call in list(self.waiting_calls):  # in a backoff or a wait: end them now
+            call.close_from_channel()
         if self._resolver is not None:
             await self._resolver.close()
         if self._policy is not None:
