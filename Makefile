@@ -65,12 +65,13 @@ test: lint typecheck pytest
 bench: init
 	$(PY) -m bench.run_all
 
-## bench-all: the suite plus every other benchmark under bench/ (about 20 minutes)
+## bench-all: the suite plus every other benchmark under bench/ (about 25 minutes)
 bench-all: bench system-deps
 	$(PY) -m bench.bench_round_robin
 	$(PY) -m bench.bench_failover
 	$(PY) -m bench.bench_metrics
 	$(PY) -m bench.bench_sync
+	$(PY) -m bench.bench_cpu
 	$(PY) -m bench.bench_dns
 	$(PY) -m bench.bench_etcd
 
