@@ -113,8 +113,8 @@ BY_NAME = {p.name: p for p in POINTS}
 @dataclass
 class Settings:
     rounds: int = 14
-    cycles: int = 2  # A B B A repetitions per round
-    chunk_s: float = 0.2  # wall seconds one chunk should take
+    cycles: int = 3  # A B B A repetitions per round
+    chunk_s: float = 0.15  # wall seconds one chunk should take
     warmup_s: float = 1.0  # per client, after every backend answered
     profile_rpcs: int = 3000
     stream_messages: int = STREAM_MESSAGES
@@ -398,7 +398,7 @@ def _chunk_size(point: Point, chunk: Chunk, settings: Settings) -> int:
     multiple = point.param if point.kind == "sync" else 1
     size = max(1, round(n * settings.chunk_s / max(wall, 1e-6)))
     if point.kind in ("closed", "sync"):  # ramp-up and drain stay a small part of a chunk
-        size = max(size, 10 * point.param)
+        size = max(size, 8 * point.param)
     return max(multiple, size // multiple * multiple)
 
 
@@ -449,6 +449,13 @@ def summarize(
         "ratio_min": round(min(ratios), 4),
         "ratio_max": round(max(ratios), 4),
         "ratios": [round(x, 4) for x in ratios],
+        # all rounds pooled: total CPU per unit, ours over grpcio (a cross-check)
+        "ratio_pooled": round(
+            sum(r["ours"].cpu_s for r in rounds)
+            / sum(r["ours"].units for r in rounds)
+            / (sum(r["grpcio"].cpu_s for r in rounds) / sum(r["grpcio"].units for r in rounds)),
+            4,
+        ),
         "rounds_above_1": sum(x > 1.0 for x in ratios),
         "us_per_unit_median": {s: round(statistics.median(v), 2) for s, v in us.items()},
         "us_per_unit": {s: [round(x, 2) for x in v] for s, v in us.items()},
