@@ -117,12 +117,20 @@ class Settings:
     chunk_s: float = 0.15  # wall seconds one chunk should take
     warmup_s: float = 1.0  # per client, after every backend answered
     profile_rpcs: int = 3000
+    point_budget_s: float = 40.0  # rounds stop here (after min_rounds): a loaded machine
+    min_rounds: int = 8  # stretches streams and the longer chunks, not the whole run
     stream_messages: int = STREAM_MESSAGES
 
     @classmethod
     def quick(cls) -> Settings:
         return cls(
-            rounds=2, cycles=1, chunk_s=0.03, warmup_s=0.1, profile_rpcs=300, stream_messages=100
+            rounds=2,
+            cycles=1,
+            chunk_s=0.03,
+            warmup_s=0.1,
+            profile_rpcs=300,
+            stream_messages=100,
+            min_rounds=2,
         )
 
 
@@ -416,7 +424,11 @@ def measure_point(
     _log(f"[{point.name}] chunk = {n} {'streams' if point.unit == 'message' else 'calls'}")
     rounds: list[dict[str, Side]] = []
     seed = 1
+    stop = time.perf_counter() + settings.point_budget_s
     for r in range(settings.rounds):
+        if r >= settings.min_rounds and time.perf_counter() > stop:
+            _log(f"[{point.name}] {settings.point_budget_s} s budget spent after {r} rounds")
+            break
         gc.collect()
         sides = {s: Side() for s in SIDES}
         for _ in range(settings.cycles):
@@ -609,7 +621,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         )
     met = [p["label"] for p in result["points"] if p["met"]]
     missed = [p["label"] for p in result["points"] if not p["met"]]
-    m = result["machine"]
+    m, settings = result["machine"], result["settings"]
     lines += [
         "",
         f"Targets met at {len(met)} of {len(result['points'])} points"
@@ -618,8 +630,13 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"`{result['command']}`, {result['started_utc']} ({result['duration_s']:.0f} s), "
         f"{m['cpus']} cores, load average {m['loadavg_start'][0]:.2f} at start and "
         f"{m['loadavg_end'][0]:.2f} at the end, Python {m['python']}, grpcio {m['grpcio']}; "
-        f"{result['settings']['rounds']} rounds of {result['settings']['cycles']}× A B B A "
-        f"chunks of ~{result['settings']['chunk_s']} s each, per point.",
+        f"per point up to {settings['rounds']} rounds"
+        + (
+            f" (fewer if {settings['point_budget_s']:.0f} s were spent)"
+            if "point_budget_s" in settings
+            else ""
+        )
+        + f" of {settings['cycles']}× A B B A chunks of ~{settings['chunk_s']} s.",
     ]
     for p in result["points"]:
         lag = p.get("launch_lag_ms")

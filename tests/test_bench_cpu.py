@@ -29,6 +29,7 @@ POINT_KEYS = {
     "ratio_min": float,
     "ratio_max": float,
     "ratios": list,
+    "ratio_pooled": float,
     "rounds_above_1": int,
     "us_per_unit_median": dict,
     "us_per_unit": dict,
@@ -52,6 +53,8 @@ def check_schema(result: dict[str, Any], names: list[str]) -> None:
         assert len(p["ratios"]) == p["rounds"] >= 1
         assert p["ratio_min"] <= p["ratio_median"] <= p["ratio_max"]
         assert p["met"] == (p["ratio_median"] <= p["target"])
+        if p["kind"] == "open":
+            assert set(p["launch_lag_ms"]) == set(bench_cpu.SIDES)
         for side in bench_cpu.SIDES:
             assert p["us_per_unit_median"][side] > 0
             assert p["units"][side] > 0
