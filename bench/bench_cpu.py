@@ -726,6 +726,23 @@ def plot(result: dict[str, Any], path: Path) -> None:
 # --------------------------------------------------------------------------- main
 
 
+def _commit() -> str:
+    """The measured source tree: HEAD, marked "+dirty" with uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "src"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return ""
+    return head + ("+dirty" if dirty else "")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -785,6 +802,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "schema": SCHEMA_VERSION,
         "benchmark": "client CPU per RPC, grpc_balancer vs grpcio (issue 11)",
         "command": command,
+        "commit": _commit(),
         "quick": args.quick,
         "started_utc": started.strftime("%Y-%m-%d %H:%M UTC"),
         "duration_s": round(time.perf_counter() - t0, 1),
