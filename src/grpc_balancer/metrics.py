@@ -222,16 +222,16 @@ class _ChannelMetrics:
     def call_started(self, call: Any) -> None:
         call._metrics_t0 = time.perf_counter()
         started = self._target.calls_started
-        method: str = call._mc._method
+        method: str = call.method
         started[method] = started.get(method, 0) + 1
 
     def call_finished(self, call: Any, code: grpc.StatusCode) -> None:
         duration = time.perf_counter() - call._metrics_t0
-        sc = call._subchannel
+        sc = call.subchannel
         series = self._target.unpicked if sc is None else sc.attrs.get(self._attr)
         if series is None:
             series = self._target.unpicked
-        series.on_call(call._mc._method, code, duration)
+        series.on_call(call.method, code, duration)
 
     # state changes ------------------------------------------------------------------------
     def subchannel_added(self, subchannel: Subchannel) -> None:

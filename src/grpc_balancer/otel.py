@@ -132,8 +132,8 @@ class _OtelChannel(_ChannelMetrics):
     def call_finished(self, call: Any, code: grpc.StatusCode) -> None:
         duration = time.perf_counter() - call._otel_t0
         super().call_finished(call, code)
-        sc = call._subchannel
-        key = ("" if sc is None else sc.address, call._mc._method, code)
+        sc = call.subchannel
+        key = ("" if sc is None else sc.address, call.method, code)
         attrs = self._call_attrs.get(key)
         if attrs is None:
             attrs = self._call_attrs[key] = {

@@ -328,6 +328,11 @@ class _Call:
 
     # -- grpc.aio.Call --------------------------------------------------------------------------
     @property
+    def method(self) -> str:
+        """The full method name (``/package.Service/Method``)."""
+        return self._mc._method
+
+    @property
     def subchannel(self) -> Any:
         """The backend the (last) attempt went to."""
         attempt = self._answering()

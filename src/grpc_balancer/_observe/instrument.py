@@ -25,7 +25,7 @@ class ChannelInstrument(Protocol):
     """Called on the event loop; must be quick and never raise."""
 
     def call_started(self, call: Any) -> None:
-        """A call object was created (``call._mc._method`` names the method)."""
+        """A call object was created (``call.method`` names the method)."""
 
     def call_finished(self, call: Any, code: grpc.StatusCode) -> None:
         """The call is over; ``call.subchannel`` is the backend of its last attempt."""

@@ -68,10 +68,8 @@ class CallRecord:
     """What metrics sinks and :func:`grpc_balancer.capture_backend` see of a blocking
     call (the other call kinds hand them the call object itself)."""
 
-    __slots__ = ("_mc", "subchannel")
-
     def __init__(self, mc: _SyncMultiCallable) -> None:
-        self._mc = mc
+        self.method = mc._method
         self.subchannel: Any = None
 
     @property
@@ -521,6 +519,10 @@ class _Driven:
         return _final_error(
             finish, None if finish.attempt is None else self._errors.get(finish.attempt)
         )
+
+    @property
+    def method(self) -> str:
+        return self._mc._method
 
     @property
     def subchannel(self) -> Any:
