@@ -23,22 +23,25 @@ Req = greeter_pb2.HelloRequest
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
 
-def _method_config(**policy: Any) -> dict[str, Any]:
+def _method_config(lb: str = "round_robin", **policy: Any) -> dict[str, Any]:
     return {
-        "loadBalancingConfig": [{"round_robin": {}}],
+        "loadBalancingConfig": [{lb: {}}],
         "methodConfig": [{"name": [{"service": "greeter.Greeter"}], **policy}],
     }
 
 
-def retrying(max_attempts: int = 5, backoff: str = "0.2s") -> dict[str, Any]:
+def retrying(
+    max_attempts: int = 5, backoff: str = "0.2s", lb: str = "round_robin"
+) -> dict[str, Any]:
     return _method_config(
+        lb,
         retryPolicy={
             "maxAttempts": max_attempts,
             "initialBackoff": backoff,
             "maxBackoff": backoff,
             "backoffMultiplier": 1,
             "retryableStatusCodes": ["UNAVAILABLE"],
-        }
+        },
     )
 
 
@@ -70,11 +73,11 @@ async def test_aio_unary_call_starts_when_created_not_when_awaited() -> None:
 
 
 async def test_sync_future_with_retry_policy_reports_previous_attempts() -> None:
-    fleet = GreeterFleet(3, faults=[Faults(fail_rate=1.0), Faults(fail_rate=1.0), Faults()])
+    # round robin over a failing and a healthy backend: each failure is retried once
+    fleet = GreeterFleet(2, faults=[Faults(fail_rate=1.0), Faults()])
     async with fleet:
-        ch = grpc_balancer.insecure_channel(
-            fleet.target(), service_config=retrying(backoff="0.01s")
-        )
+        target = f"static:///{fleet.addresses[0]},{fleet.addresses[1]}"
+        ch = grpc_balancer.insecure_channel(target, service_config=retrying(backoff="0.01s"))
         try:
             await asyncio.to_thread(ch.wait_for_settled, 10)
             stub = greeter_pb2_grpc.GreeterStub(ch)
@@ -83,12 +86,15 @@ async def test_sync_future_with_retry_policy_reports_previous_attempts() -> None
                 future = stub.SayHello.future(Req(name="f"), timeout=10)
                 return future.result(), future
 
-            for _ in range(3):
+            previous = 0
+            for _ in range(4):
                 reply, future = await asyncio.to_thread(run)
                 assert "from" in reply.message
                 assert future.code() is grpc.StatusCode.OK
                 trailers = dict(future.trailing_metadata() or ())
-                assert int(trailers.get("grpc-previous-rpc-attempts", "0")) >= 1
+                previous += int(trailers.get("grpc-previous-rpc-attempts", "0"))
+            failed = fleet.servers[0].servicer
+            assert failed is not None and previous == failed.calls >= 1
         finally:
             ch.close()
 

@@ -47,6 +47,7 @@ Deserializer = Callable[[bytes], Any] | None
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
+_CODES = CODE_OF_INT
 
 
 def _status_of(call: Any) -> tuple[grpc.StatusCode, str, tuple[Any, ...], str | None]:
@@ -111,6 +112,16 @@ class _Call:
     """The driver of one call, whatever its kind."""
 
     _kind = Kind.UNARY_UNARY
+    # What most calls never need, as class defaults (set per call only when used).
+    _requests: AsyncRequests | None = None
+    _progress: asyncio.Future[None] | None = None
+    _timer: asyncio.TimerHandle | None = None
+    _timer_at: float | None = None
+    _waiting_on: PickerGeneration | None = None
+    _done_callbacks: list[Callable[[Any], None]] | None = None
+    _prefetch = False
+    _cancelled = False
+    _last: Attempt | None = None
 
     def __init__(
         self,
@@ -131,20 +142,9 @@ class _Call:
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._credentials = credentials
         self._compression = compression
-        self._requests: AsyncRequests | None = None
         self._request = request
-        if not (self._kind is Kind.UNARY_UNARY or self._kind is Kind.UNARY_STREAM):
+        if self._kind is Kind.STREAM_UNARY or self._kind is Kind.STREAM_STREAM:
             self._requests = AsyncRequests(request, self._buffered)
-        self._done_callbacks: list[Callable[[Any], None]] = []
-        self._progress: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
-        self._waiting_on: PickerGeneration | None = None
-        self._prefetched: dict[Attempt, Any] = {}
-        self._responded: set[Attempt] = set()
-        self._readers: set[asyncio.Task[None]] = set()
-        self._cancelled = False
-        self._last: Attempt | None = None
         self._plan = AttemptPlan(
             self._kind,
             channel.picking,
@@ -159,11 +159,13 @@ class _Call:
             clock=time.monotonic,
             buffer_limit=channel.retry_buffer_size,
         )
-        #: Stream responses with retries or hedges: read the first message before the
-        #: application does, to know when the call commits.
-        self._prefetch = not self._kind.unary_response and (
-            mc._retry is not None or mc._hedging is not None
-        )
+        if not self._kind.unary_response and (mc._retry is not None or mc._hedging is not None):
+            # Stream responses that may retry: read the first message before the
+            # application does, to know when the call commits.
+            self._prefetch = True
+            self._prefetched: dict[Attempt, Any] = {}
+            self._responded: set[Attempt] = set()
+            self._readers: set[asyncio.Task[None]] = set()
         capture = _CAPTURE.get()
         if capture is not None:
             capture.add(self)
@@ -186,7 +188,14 @@ class _Call:
                     self._requests.commit()
             elif type(action) is Finish:
                 self._finished(action)
-        if (plan.wake_at is not None or plan.waiting_on is not None) and not plan.done:
+        if plan.wake_at is None and plan.waiting_on is None and self._timer_at is None:
+            progress = self._progress  # the common case: nothing to wait for
+            if progress is not None:
+                self._progress = None
+                if not progress.done():
+                    progress.set_result(None)
+            return
+        if not plan.done:
             self._channel.waiting_calls.add(self)
         if plan.wake_at != self._timer_at:
             if self._timer is not None:
@@ -222,18 +231,15 @@ class _Call:
     def _send(self, attempt: Attempt) -> None:
         self._last = attempt
         inner = self._mc.inner(attempt.subchannel)
-        kwargs = {
-            "timeout": attempt.timeout,
-            "metadata": attempt.metadata,
-            "credentials": self._credentials,
-            "wait_for_ready": False,
-            "compression": self._compression,
-        }
         try:
-            if self._requests is None:
-                call = inner(self._request, **kwargs)
-            else:
-                call = inner(self._requests.replay(), **kwargs)
+            call = inner(
+                self._request if self._requests is None else self._requests.replay(),
+                timeout=attempt.timeout,
+                metadata=attempt.metadata,
+                credentials=self._credentials,
+                wait_for_ready=False,
+                compression=self._compression,
+            )
         except Exception as exc:  # the endpoint channel closed between pick and send
             self._loop.call_soon(
                 self._end, attempt, grpc.StatusCode.UNAVAILABLE, f"Channel closed: {exc}", None
@@ -249,6 +255,13 @@ class _Call:
     def _attempt_done(self, attempt: Attempt, call: Any) -> None:
         if self._prefetch and attempt not in self._responded:
             return  # _read_first reports the end once it knows no message came
+        status = call._cython_call._status  # see _status_of
+        code = (
+            _CODES.get(status.code(), grpc.StatusCode.UNKNOWN) if status is not None else _CANCELLED
+        )
+        if code is _OK and not attempt.wants_trailers:
+            self._run(self._plan.on_end(attempt, code, "", None))  # the fast path
+            return
         code, details, trailers, _ = _status_of(call)
         self._end(attempt, code, details, trailers)
 
@@ -291,16 +304,19 @@ class _Call:
             self._run(self._plan.cancel("channel closed"))
 
     def _finished(self, finish: Finish) -> None:
-        self._channel.waiting_calls.discard(self)
+        if self._timer_at is not None or self._waiting_on is not None:
+            self._channel.waiting_calls.discard(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         instrument = self._channel.instrument
         if instrument is not None:
             instrument.call_finished(self, finish.code)
-        callbacks, self._done_callbacks = self._done_callbacks, []
-        for callback in callbacks:
-            callback(self)
+        callbacks = self._done_callbacks
+        if callbacks:
+            self._done_callbacks = None
+            for callback in callbacks:
+                callback(self)
 
     # -- waiting for the plan -------------------------------------------------------------------
     def _next_progress(self) -> asyncio.Future[None]:
@@ -371,6 +387,8 @@ class _Call:
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         if self._plan.done:
             callback(self)
+        elif self._done_callbacks is None:
+            self._done_callbacks = [callback]
         else:
             self._done_callbacks.append(callback)
 
@@ -479,11 +497,12 @@ class _StreamResponse(_Call):
                     return self._end_of_stream()
                 await asyncio.shield(self._next_progress())
                 continue
-            if attempt in self._prefetched:
-                return self._prefetched.pop(attempt)
-            if self._prefetch and attempt not in self._responded:
-                await asyncio.shield(self._next_progress())
-                continue
+            if self._prefetch:
+                if attempt in self._prefetched:
+                    return self._prefetched.pop(attempt)
+                if attempt not in self._responded:
+                    await asyncio.shield(self._next_progress())
+                    continue
             try:
                 message = await attempt.call.read()
             except grpc.aio.AioRpcError:

@@ -182,6 +182,22 @@ class AttemptPlan:
     """One call's plan. Not thread-safe: a driver feeding it from several threads
     holds one lock around each input."""
 
+    # Starting values as class defaults: a call's fast path sets only what changes.
+    state = State.IDLE
+    #: When the driver must call :meth:`on_timer` (None: no timer).
+    wake_at: float | None = None
+    #: The picker generation whose replacement the driver must report (:meth:`on_picker`).
+    waiting_on: PickerGeneration | None = None
+    committed: Attempt | None = None
+    outcome: Finish | None = None
+    _buffered = 0
+    #: Attempts that reached a server (retryPolicy.maxAttempts counts these).
+    _counted = 0
+    #: Attempts sent so far (their number is the next one's previous-attempts count).
+    _sent = 0
+    _transparent = 0
+    _last_failure: tuple[Attempt, Code, str] | None = None
+
     def __init__(
         self,
         kind: Kind,
@@ -218,22 +234,8 @@ class AttemptPlan:
         #: stream already written to): the next attempt is the last.
         self._replayable = replayable
         self._buffer_limit = buffer_limit
-        self._buffered = 0
-        self.state = State.IDLE
-        #: When the driver must call :meth:`on_timer` (None: no timer).
-        self.wake_at: float | None = None
-        #: The picker generation whose replacement the driver must report (:meth:`on_picker`).
-        self.waiting_on: PickerGeneration | None = None
         self.running: list[Attempt] = []
-        #: Attempts that reached a server (retryPolicy.maxAttempts counts these).
-        self._counted = 0
-        #: Attempts sent so far (their number is the next one's previous-attempts count).
-        self._sent = 0
-        self._transparent = 0
         self._hedge_limit = hedging.max_attempts if hedging is not None else 1
-        self._last_failure: tuple[Attempt, Code, str] | None = None
-        self.committed: Attempt | None = None
-        self.outcome: Finish | None = None
 
     # -- inputs ---------------------------------------------------------------------------
     def start(self) -> list[Action]:
