@@ -8,6 +8,7 @@ stubs; the asyncio channel lives in :mod:`grpc_balancer.aio`; extension points a
 from grpc_balancer import aio
 from grpc_balancer._core.status import ChannelStatus, SubchannelStatus
 from grpc_balancer._observe.capture import BackendCapture, capture_backend
+from grpc_balancer._observe.events import Event
 from grpc_balancer._sync.channel import SyncBalancedChannel, insecure_channel, secure_channel
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.errors import (
@@ -42,6 +43,7 @@ __all__ = [
     "ChannelStatus",
     "ChannelUsedAfterForkError",
     "Endpoint",
+    "Event",
     "InvalidTargetError",
     "PickInfo",
     "Picker",

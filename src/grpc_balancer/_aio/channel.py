@@ -38,7 +38,7 @@ from grpc_balancer._core.health import HealthChecking
 from grpc_balancer._core.outlier import OutlierDetector
 from grpc_balancer._core.picking import Picking
 from grpc_balancer._core.status import ChannelStatus, channel_status
-from grpc_balancer._observe.events import Observer, emit
+from grpc_balancer._observe.events import Event, Observer, emit
 from grpc_balancer._observe.instrument import ChannelInstrument, for_channel
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.errors import ChannelClosedError, ServiceConfigError
@@ -120,7 +120,7 @@ class BalancedChannel(grpc.aio.Channel):
             self._health = HealthChecking(
                 self.config.health_check_service,
                 self._target.raw,
-                lambda sc: self.emit("health", sc, None),
+                lambda sc: self.emit(Event.HEALTH, sc, None),
             )
         # Validate the policy config now, so a bad field fails at construction.
         self._policy = self._policy_factory(self, self.config.policy_config)
@@ -267,7 +267,9 @@ class BalancedChannel(grpc.aio.Channel):
         """What ``methodConfig`` says about ``method`` (looked up once per multicallable)."""
         return self.config.methods.lookup(method)
 
-    def emit(self, event: str, subchannel: Subchannel | None, code: grpc.StatusCode | None) -> None:
+    def emit(
+        self, event: Event, subchannel: Subchannel | None, code: grpc.StatusCode | None
+    ) -> None:
         if self.observers:
             emit(self.observers, event, subchannel, code)
 
