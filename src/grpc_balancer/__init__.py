@@ -34,6 +34,8 @@ from grpc_balancer.target import Target, parse_target
 
 __version__ = "0.1.0"
 
+#: Every public name (tests/test_exported_members.py): the API above, plus the public
+#: modules that importing it binds here (``aio``, ``policies``, ``errors``...).
 __all__ = [
     "BackendCapture",
     "BalancerConfigError",
@@ -62,11 +64,19 @@ __all__ = [
     "__version__",
     "aio",
     "capture_backend",
+    "endpoint",
+    "errors",
     "hash_key",
     "insecure_channel",
     "parse_target",
+    "picker",
+    "policies",
     "register_policy",
     "register_resolver",
     "registration",
+    "resolvers",
     "secure_channel",
+    "server",
+    "subchannel",
+    "target",
 ]

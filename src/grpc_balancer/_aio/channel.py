@@ -466,3 +466,50 @@ def _with_authority(options: list[tuple[str, Any]], resolver: Resolver) -> list[
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def insecure_channel(
+    target: str,
+    *,
+    policy: str | None = None,
+    service_config: str | Mapping[str, Any] | None = None,
+    options: ChannelOptions | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+    resolver_options: ResolverOptions | None = None,
+) -> BalancedChannel:
+    """A plaintext balanced channel, e.g.
+    ``insecure_channel("static:///localhost:50051,localhost:50052", policy="round_robin")``.
+
+    Raises a ``ValueError`` subclass (:class:`grpc_balancer.BalancerConfigError`) for a
+    malformed target, an unknown scheme or policy, or a bad service config.
+    """
+    return BalancedChannel(
+        target,
+        policy=policy,
+        service_config=service_config,
+        options=options,
+        interceptors=interceptors,
+        resolver_options=resolver_options,
+    )
+
+
+def secure_channel(
+    target: str,
+    credentials: grpc.ChannelCredentials,
+    *,
+    policy: str | None = None,
+    service_config: str | Mapping[str, Any] | None = None,
+    options: ChannelOptions | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+    resolver_options: ResolverOptions | None = None,
+) -> BalancedChannel:
+    """Like :func:`insecure_channel`, with TLS ``credentials`` on every endpoint."""
+    return BalancedChannel(
+        target,
+        credentials=credentials,
+        policy=policy,
+        service_config=service_config,
+        options=options,
+        interceptors=interceptors,
+        resolver_options=resolver_options,
+    )
