@@ -143,7 +143,7 @@ def test_channels_and_calls_with_builtin_policies_stay_lean() -> None:
         ),
         ("import grpc_balancer.server.load_reports", {"grpc_balancer._orca"}),
         ("import grpc_balancer.metrics; grpc_balancer.metrics.enable()", {"prometheus_client"}),
-        ("import grpc_balancer.otel", {"grpc_balancer.metrics"}),
+        ("import grpc_balancer.otel", {"grpc_balancer.metrics", "opentelemetry"}),
         ("import grpc_balancer.cli.live", {"rich"}),
         ("import grpc_balancer.demo.server", {"grpc_balancer.demo", "grpc_reflection.v1alpha"}),
     ],
