@@ -70,6 +70,10 @@ class MyGreeter(greeter_pb2_grpc.GreeterServicer):
     async def SayHello(self, request, context):
         return greeter_pb2.HelloReply(message=f"Hello {request.name} (from :{self.port})")
 
+    async def SayHelloStream(self, request, context):
+        for i in range(request.count):
+            yield greeter_pb2.HelloReply(message=f"Hello {request.name} {i} (from :{self.port})")
+
 
 async def main():
     out = {}
@@ -102,9 +106,10 @@ async def main():
             assert reply.message.startswith(f"Hello u{i} "), reply.message
             ports.append(int(PORT.search(reply.message).group(1)))
         out["aio_ports"] = sorted(set(ports))
-        if DEMO_ADDRESSES[0]:
+        out["stream"] = []
+        for _ in addresses:  # a stream from each backend, demo and user's own
             stream = stub.SayHelloStream(greeter_pb2.HelloRequest(name="s", count=3), timeout=10)
-            out["stream"] = len([r async for r in stream])
+            out["stream"].append(len([r async for r in stream]))
 
     def sync_calls():
         with grpc_balancer.insecure_channel(target, policy="round_robin") as channel:
@@ -166,7 +171,7 @@ def test_users_greeter_next_to_grpc_balancer(
     assert out["default_pool_file"] == "greeter.proto"  # the user's, in the default pool
     assert out["aio_ports"] == out["ports"]  # every backend answered, demo and user's own
     assert out["sync_ports"] == out["ports"]
-    assert out["stream"] == 3
+    assert out["stream"] == [3] * len(out["ports"])
     assert len(out["ports"]) == (4 if "demo" in order else 3)
 
 
