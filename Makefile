@@ -21,12 +21,20 @@ $(VENV)/.stamp-installed: $(BIN)/activate pyproject.toml
 ## init: create .venv and install the package with its dev extras
 init: $(VENV)/.stamp-installed
 
-## generate: regenerate the greeter's protobuf and gRPC code
+## generate: regenerate the greeter's and ORCA's protobuf code (namespaced file paths)
+# -Isrc: the files register as grpc_balancer/demo/greeter.proto and
+# grpc_balancer/_orca/orca.proto (never clashing with a user's greeter.proto or orca.proto)
+# and the generated code imports grpc_balancer.demo.greeter_pb2. The greeter keeps
+# package greeter (wire name /greeter.Greeter/SayHello), so its descriptors go to a
+# private pool: a user's own greeter.HelloRequest can live in the default pool.
 generate: init
-	$(PY) -m grpc_tools.protoc -I$(PROTO_DIR) --python_out=$(PROTO_DIR) --pyi_out=$(PROTO_DIR) \
-		--grpc_python_out=$(PROTO_DIR) $(PROTO_DIR)/greeter.proto
-	sed -i 's/^import greeter_pb2 as greeter__pb2/from grpc_balancer.demo import greeter_pb2 as greeter__pb2/' \
-		$(PROTO_DIR)/greeter_pb2_grpc.py
+	$(PY) -m grpc_tools.protoc -Isrc --python_out=src --pyi_out=src --grpc_python_out=src \
+		src/grpc_balancer/demo/greeter.proto
+	$(PY) -m grpc_tools.protoc -Isrc --python_out=src --pyi_out=src \
+		src/grpc_balancer/_orca/orca.proto
+	sed -i 's/^DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(/# A private pool, not the default one: see `make generate`.\nPOOL = _descriptor_pool.DescriptorPool()\nDESCRIPTOR = POOL.AddSerializedFile(/' \
+		$(PROTO_DIR)/greeter_pb2.py
+	grep -q '^DESCRIPTOR = POOL.AddSerializedFile(' $(PROTO_DIR)/greeter_pb2.py
 
 ## run-server: one greeter server on $$SERVER_PORT (default 50051)
 run-server: init

@@ -7,6 +7,7 @@ from typing import Any
 import grpc
 import pytest
 
+from grpc_balancer import Event
 from grpc_balancer._config.service_config import load_service_config
 from grpc_balancer.demo.servicer import Faults
 from grpc_balancer.errors import ServiceConfigError
@@ -38,6 +39,7 @@ async def test_limit_holds_under_load_and_saturation_fails_fast_with_a_clear_mes
     assert max(peaks) == 4, peaks  # reached, never exceeded
     # 16 workers, 12 slots: some calls are refused at once, never queued
     assert load.errors and "rejected" in events and "saturated" in events
+    assert Event.REJECTED in events and all(type(e) is Event for e in events)
     for err in load.errors:
         assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "circuitBreakers.maxRequests=4" in (err.details() or "")

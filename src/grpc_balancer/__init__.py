@@ -8,6 +8,7 @@ stubs; the asyncio channel lives in :mod:`grpc_balancer.aio`; extension points a
 from grpc_balancer import aio
 from grpc_balancer._core.status import ChannelStatus, SubchannelStatus
 from grpc_balancer._observe.capture import BackendCapture, capture_backend
+from grpc_balancer._observe.events import Event
 from grpc_balancer._sync.channel import SyncBalancedChannel, insecure_channel, secure_channel
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.errors import (
@@ -33,6 +34,8 @@ from grpc_balancer.target import Target, parse_target
 
 __version__ = "0.1.0"
 
+#: Every public name (tests/test_exported_members.py): the API above, plus the public
+#: modules that importing it binds here (``aio``, ``policies``, ``errors``...).
 __all__ = [
     "BackendCapture",
     "BalancerConfigError",
@@ -42,6 +45,7 @@ __all__ = [
     "ChannelStatus",
     "ChannelUsedAfterForkError",
     "Endpoint",
+    "Event",
     "InvalidTargetError",
     "PickInfo",
     "Picker",
@@ -60,11 +64,19 @@ __all__ = [
     "__version__",
     "aio",
     "capture_backend",
+    "endpoint",
+    "errors",
     "hash_key",
     "insecure_channel",
     "parse_target",
+    "picker",
+    "policies",
     "register_policy",
     "register_resolver",
     "registration",
+    "resolvers",
     "secure_channel",
+    "server",
+    "subchannel",
+    "target",
 ]

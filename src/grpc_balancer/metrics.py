@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from grpc_balancer._observe import instrument
+from grpc_balancer._observe.events import Event
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -278,18 +279,18 @@ class _ChannelMetrics:
         self._target.resolver_errors += 1
 
     def event(
-        self, event: str, subchannel: Subchannel | None, code: grpc.StatusCode | None
+        self, event: Event, subchannel: Subchannel | None, code: grpc.StatusCode | None
     ) -> None:
         series = None if subchannel is None else subchannel.attrs.get(self._attr)
-        if event == "throttled":
+        if event is Event.THROTTLED:
             self._target.throttled += 1
         elif series is None:
             return
-        elif event == "retry":
+        elif event is Event.RETRY:
             series.retries += 1
-        elif event == "transparent_retry":
+        elif event is Event.TRANSPARENT_RETRY:
             series.transparent_retries += 1
-        elif event == "hedge":
+        elif event is Event.HEDGE:
             series.hedges += 1
 
     def closed(self) -> None:
@@ -368,15 +369,15 @@ def serve(
 def record_retry(channel: Any, subchannel: Subchannel | None = None) -> None:
     """Count a retry of an attempt that failed on ``subchannel`` (for attempt loops that
     do not emit ``retry`` events themselves)."""
-    _record(channel, "retry", subchannel)
+    _record(channel, Event.RETRY, subchannel)
 
 
 def record_hedge(channel: Any, subchannel: Subchannel | None = None) -> None:
     """Count an extra hedged attempt sent to ``subchannel``."""
-    _record(channel, "hedge", subchannel)
+    _record(channel, Event.HEDGE, subchannel)
 
 
-def _record(channel: Any, event: str, subchannel: Subchannel | None) -> None:
+def _record(channel: Any, event: Event, subchannel: Subchannel | None) -> None:
     inst = getattr(channel, "instrument", None)
     if inst is not None:
         inst.event(event, subchannel, None)

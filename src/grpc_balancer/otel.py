@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from grpc_balancer import __version__
 from grpc_balancer._observe import instrument
 from grpc_balancer.metrics import (
     LATENCY_BUCKETS,
@@ -165,8 +166,6 @@ def enable(meter_provider: MeterProvider | None = None) -> None:
     provider) for every channel created from now on."""
     global _instruments
     provider = meter_provider or otel_metrics.get_meter_provider()
-    from grpc_balancer import __version__
-
     instruments = _Instruments(provider.get_meter("grpc_balancer", __version__))
     _instruments = instruments
     instrument.register(_NAME, lambda channel: _OtelChannel(channel, instruments))

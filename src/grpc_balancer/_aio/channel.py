@@ -38,7 +38,7 @@ from grpc_balancer._core.health import HealthChecking
 from grpc_balancer._core.outlier import OutlierDetector
 from grpc_balancer._core.picking import Picking
 from grpc_balancer._core.status import ChannelStatus, channel_status
-from grpc_balancer._observe.events import Observer, emit
+from grpc_balancer._observe.events import Event, Observer, emit
 from grpc_balancer._observe.instrument import ChannelInstrument, for_channel
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.errors import ChannelClosedError, ServiceConfigError
@@ -122,7 +122,7 @@ class BalancedChannel(grpc.aio.Channel):
             self._health = HealthChecking(
                 self.config.health_check_service,
                 self._target.raw,
-                lambda sc: self.emit("health", sc, None),
+                lambda sc: self.emit(Event.HEALTH, sc, None),
             )
         # Validate the policy config now, so a bad field fails at construction.
         self._policy = self._policy_factory(self, self.config.policy_config)
@@ -271,7 +271,9 @@ class BalancedChannel(grpc.aio.Channel):
         """What ``methodConfig`` says about ``method`` (looked up once per multicallable)."""
         return self.config.methods.lookup(method)
 
-    def emit(self, event: str, subchannel: Subchannel | None, code: grpc.StatusCode | None) -> None:
+    def emit(
+        self, event: Event, subchannel: Subchannel | None, code: grpc.StatusCode | None
+    ) -> None:
         if self.observers:
             emit(self.observers, event, subchannel, code)
 
@@ -468,3 +470,50 @@ def _with_authority(options: list[tuple[str, Any]], resolver: Resolver) -> list[
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def insecure_channel(
+    target: str,
+    *,
+    policy: str | None = None,
+    service_config: str | Mapping[str, Any] | None = None,
+    options: ChannelOptions | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+    resolver_options: ResolverOptions | None = None,
+) -> BalancedChannel:
+    """A plaintext balanced channel, e.g.
+    ``insecure_channel("static:///localhost:50051,localhost:50052", policy="round_robin")``.
+
+    Raises a ``ValueError`` subclass (:class:`grpc_balancer.BalancerConfigError`) for a
+    malformed target, an unknown scheme or policy, or a bad service config.
+    """
+    return BalancedChannel(
+        target,
+        policy=policy,
+        service_config=service_config,
+        options=options,
+        interceptors=interceptors,
+        resolver_options=resolver_options,
+    )
+
+
+def secure_channel(
+    target: str,
+    credentials: grpc.ChannelCredentials,
+    *,
+    policy: str | None = None,
+    service_config: str | Mapping[str, Any] | None = None,
+    options: ChannelOptions | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+    resolver_options: ResolverOptions | None = None,
+) -> BalancedChannel:
+    """Like :func:`insecure_channel`, with TLS ``credentials`` on every endpoint."""
+    return BalancedChannel(
+        target,
+        credentials=credentials,
+        policy=policy,
+        service_config=service_config,
+        options=options,
+        interceptors=interceptors,
+        resolver_options=resolver_options,
+    )

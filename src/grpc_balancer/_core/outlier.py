@@ -36,6 +36,7 @@ from typing import Any
 import grpc
 
 from grpc_balancer._config.method_config import parse_duration
+from grpc_balancer._observe.events import Event
 from grpc_balancer.errors import ServiceConfigError
 from grpc_balancer.subchannel import Subchannel
 
@@ -197,7 +198,7 @@ class OutlierDetector:
     def __init__(
         self,
         config: OutlierConfig,
-        on_event: Callable[[str, Subchannel], None] | None = None,
+        on_event: Callable[[Event, Subchannel], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -278,7 +279,7 @@ class OutlierDetector:
                 log.info("%s: back from outlier ejection", sc.address)
                 sc.set_ejected(False)
                 if self._on_event is not None:
-                    self._on_event("unejected", sc)
+                    self._on_event(Event.UNEJECTED, sc)
 
     def _success_rate(self, cfg: SuccessRate, counts: Mapping[Subchannel, tuple[int, int]]) -> None:
         rates = {
@@ -320,7 +321,7 @@ class OutlierDetector:
         log.warning("%s: ejected by outlier detection: %s", sc.address, why)
         sc.set_ejected(True)
         if self._on_event is not None:
-            self._on_event("ejected", sc)
+            self._on_event(Event.EJECTED, sc)
 
     def ejected(self) -> list[Subchannel]:
         return [sc for sc, s in self._stats.items() if s.ejected_at is not None]

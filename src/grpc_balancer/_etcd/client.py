@@ -21,6 +21,7 @@ import grpc
 import grpc.aio
 from aetcd import rpc
 
+from grpc_balancer._etcd import EtcdError
 from grpc_balancer._etcd.settings import EtcdSettings
 
 _Metadata = tuple[tuple[str, str], ...]
@@ -38,10 +39,6 @@ _CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
 )
 #: Watches fail with "no leader" instead of hanging on a member cut off from its cluster.
 _REQUIRE_LEADER: _Metadata = (("hasleader", "true"),)
-
-
-class EtcdError(Exception):
-    """An etcd request failed; the text is safe to log (no credentials)."""
 
 
 def prefix_range_end(prefix: bytes) -> bytes:
@@ -174,6 +171,10 @@ class EtcdClient:
     async def revoke_lease(self, lease_id: int) -> None:
         request = rpc.LeaseRevokeRequest(ID=lease_id)
         await self._unary(rpc.LeaseStub(self._ch()).LeaseRevoke, request)
+
+    def keepalive_request(self, lease_id: int) -> Any:
+        """One ``LeaseKeepAliveRequest`` for :meth:`keepalive_stream`."""
+        return rpc.LeaseKeepAliveRequest(ID=lease_id)
 
     def keepalive_stream(self, requests: AsyncIterator[Any]) -> Any:
         """The bidirectional ``LeaseKeepAlive`` call (the caller sends and reads)."""

@@ -2,7 +2,8 @@
 
 ``BalancedChannel.observers`` is a plain list; each observer is called as
 ``observer(event, subchannel, code)`` on the event loop and must not block.
-Nothing is allocated or called when the list is empty.
+Nothing is allocated or called when the list is empty. ``event`` is an :class:`Event`
+(``grpc_balancer.Event``), a ``str`` too: ``event == "retry"`` keeps working.
 
 Events (``subchannel`` is the backend concerned, ``code`` the status that caused it):
 
@@ -42,12 +43,12 @@ class Event(enum.StrEnum):
     HEALTH = "health"
 
 
-Observer = Callable[[str, "Subchannel | None", "grpc.StatusCode | None"], None]
+Observer = Callable[[Event, "Subchannel | None", "grpc.StatusCode | None"], None]
 
 
 def emit(
     observers: list[Observer],
-    event: str,
+    event: Event,
     subchannel: Subchannel | None,
     code: grpc.StatusCode | None = None,
 ) -> None:

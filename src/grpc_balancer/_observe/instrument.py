@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import grpc
 
 if TYPE_CHECKING:
+    from grpc_balancer._observe.events import Event
     from grpc_balancer.endpoint import Endpoint
     from grpc_balancer.subchannel import Subchannel
 
@@ -42,9 +43,9 @@ class ChannelInstrument(Protocol):
     def resolver_error(self, error: str) -> None: ...
 
     def event(
-        self, event: str, subchannel: Subchannel | None, code: grpc.StatusCode | None
+        self, event: Event, subchannel: Subchannel | None, code: grpc.StatusCode | None
     ) -> None:
-        """A resilience event (``retry``, ``hedge``, ``ejected``...; see ``grpc_balancer._observe.events``)."""
+        """A resilience event (``Event.RETRY``, ``Event.HEDGE``...; see :mod:`.events`)."""
 
     def closed(self) -> None:
         """The channel closed: drop its series."""
@@ -112,7 +113,7 @@ class _Tee:
             i.resolver_error(error)
 
     def event(
-        self, event: str, subchannel: Subchannel | None, code: grpc.StatusCode | None
+        self, event: Event, subchannel: Subchannel | None, code: grpc.StatusCode | None
     ) -> None:
         for i in self._all:
             i.event(event, subchannel, code)

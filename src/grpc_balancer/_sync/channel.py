@@ -33,7 +33,7 @@ from grpc_balancer._attempts.errors import SyncRpcError
 from grpc_balancer._config.service_config import ServiceConfig
 from grpc_balancer._core.picking import ChangeSignal
 from grpc_balancer._core.status import ChannelStatus
-from grpc_balancer._observe.events import Observer
+from grpc_balancer._observe.events import Event, Observer
 from grpc_balancer._sync.calls import (
     SyncStreamStreamMultiCallable,
     SyncStreamUnaryMultiCallable,
@@ -88,7 +88,9 @@ class _LoopCore(BalancedChannel):
             return grpc.insecure_channel(address, options=self._options)
         return grpc.secure_channel(address, self._sync_credentials, options=self._options)
 
-    def emit(self, event: str, subchannel: Subchannel | None, code: grpc.StatusCode | None) -> None:
+    def emit(
+        self, event: Event, subchannel: Subchannel | None, code: grpc.StatusCode | None
+    ) -> None:
         # Observers (metrics, logs) run on the loop, whichever thread saw the event.
         if self.observers:
             if self._loop_thread.in_loop_thread():

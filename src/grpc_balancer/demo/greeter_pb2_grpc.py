@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from grpc_balancer.demo import greeter_pb2 as greeter__pb2
+from grpc_balancer.demo import greeter_pb2 as grpc__balancer_dot_demo_dot_greeter__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in greeter_pb2_grpc.py depends on'
+        + ' but the generated code in grpc_balancer/demo/greeter_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,23 +37,23 @@ class GreeterStub:
         """
         self.SayHello = channel.unary_unary(
                 '/greeter.Greeter/SayHello',
-                request_serializer=greeter__pb2.HelloRequest.SerializeToString,
-                response_deserializer=greeter__pb2.HelloReply.FromString,
+                request_serializer=grpc__balancer_dot_demo_dot_greeter__pb2.HelloRequest.SerializeToString,
+                response_deserializer=grpc__balancer_dot_demo_dot_greeter__pb2.HelloReply.FromString,
                 _registered_method=True)
         self.SayHelloStream = channel.unary_stream(
                 '/greeter.Greeter/SayHelloStream',
-                request_serializer=greeter__pb2.HelloRequest.SerializeToString,
-                response_deserializer=greeter__pb2.HelloReply.FromString,
+                request_serializer=grpc__balancer_dot_demo_dot_greeter__pb2.HelloRequest.SerializeToString,
+                response_deserializer=grpc__balancer_dot_demo_dot_greeter__pb2.HelloReply.FromString,
                 _registered_method=True)
         self.SayHelloToMany = channel.stream_unary(
                 '/greeter.Greeter/SayHelloToMany',
-                request_serializer=greeter__pb2.HelloRequest.SerializeToString,
-                response_deserializer=greeter__pb2.HelloReply.FromString,
+                request_serializer=grpc__balancer_dot_demo_dot_greeter__pb2.HelloRequest.SerializeToString,
+                response_deserializer=grpc__balancer_dot_demo_dot_greeter__pb2.HelloReply.FromString,
                 _registered_method=True)
         self.Chat = channel.stream_stream(
                 '/greeter.Greeter/Chat',
-                request_serializer=greeter__pb2.HelloRequest.SerializeToString,
-                response_deserializer=greeter__pb2.HelloReply.FromString,
+                request_serializer=grpc__balancer_dot_demo_dot_greeter__pb2.HelloRequest.SerializeToString,
+                response_deserializer=grpc__balancer_dot_demo_dot_greeter__pb2.HelloReply.FromString,
                 _registered_method=True)
 
 
@@ -94,23 +94,23 @@ def add_GreeterServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'SayHello': grpc.unary_unary_rpc_method_handler(
                     servicer.SayHello,
-                    request_deserializer=greeter__pb2.HelloRequest.FromString,
-                    response_serializer=greeter__pb2.HelloReply.SerializeToString,
+                    request_deserializer=grpc__balancer_dot_demo_dot_greeter__pb2.HelloRequest.FromString,
+                    response_serializer=grpc__balancer_dot_demo_dot_greeter__pb2.HelloReply.SerializeToString,
             ),
             'SayHelloStream': grpc.unary_stream_rpc_method_handler(
                     servicer.SayHelloStream,
-                    request_deserializer=greeter__pb2.HelloRequest.FromString,
-                    response_serializer=greeter__pb2.HelloReply.SerializeToString,
+                    request_deserializer=grpc__balancer_dot_demo_dot_greeter__pb2.HelloRequest.FromString,
+                    response_serializer=grpc__balancer_dot_demo_dot_greeter__pb2.HelloReply.SerializeToString,
             ),
             'SayHelloToMany': grpc.stream_unary_rpc_method_handler(
                     servicer.SayHelloToMany,
-                    request_deserializer=greeter__pb2.HelloRequest.FromString,
-                    response_serializer=greeter__pb2.HelloReply.SerializeToString,
+                    request_deserializer=grpc__balancer_dot_demo_dot_greeter__pb2.HelloRequest.FromString,
+                    response_serializer=grpc__balancer_dot_demo_dot_greeter__pb2.HelloReply.SerializeToString,
             ),
             'Chat': grpc.stream_stream_rpc_method_handler(
                     servicer.Chat,
-                    request_deserializer=greeter__pb2.HelloRequest.FromString,
-                    response_serializer=greeter__pb2.HelloReply.SerializeToString,
+                    request_deserializer=grpc__balancer_dot_demo_dot_greeter__pb2.HelloRequest.FromString,
+                    response_serializer=grpc__balancer_dot_demo_dot_greeter__pb2.HelloReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -139,8 +139,8 @@ class Greeter:
             request,
             target,
             '/greeter.Greeter/SayHello',
-            greeter__pb2.HelloRequest.SerializeToString,
-            greeter__pb2.HelloReply.FromString,
+            grpc__balancer_dot_demo_dot_greeter__pb2.HelloRequest.SerializeToString,
+            grpc__balancer_dot_demo_dot_greeter__pb2.HelloReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -166,8 +166,8 @@ class Greeter:
             request,
             target,
             '/greeter.Greeter/SayHelloStream',
-            greeter__pb2.HelloRequest.SerializeToString,
-            greeter__pb2.HelloReply.FromString,
+            grpc__balancer_dot_demo_dot_greeter__pb2.HelloRequest.SerializeToString,
+            grpc__balancer_dot_demo_dot_greeter__pb2.HelloReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -193,8 +193,8 @@ class Greeter:
             request_iterator,
             target,
             '/greeter.Greeter/SayHelloToMany',
-            greeter__pb2.HelloRequest.SerializeToString,
-            greeter__pb2.HelloReply.FromString,
+            grpc__balancer_dot_demo_dot_greeter__pb2.HelloRequest.SerializeToString,
+            grpc__balancer_dot_demo_dot_greeter__pb2.HelloReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -220,8 +220,8 @@ class Greeter:
             request_iterator,
             target,
             '/greeter.Greeter/Chat',
-            greeter__pb2.HelloRequest.SerializeToString,
-            greeter__pb2.HelloReply.FromString,
+            grpc__balancer_dot_demo_dot_greeter__pb2.HelloRequest.SerializeToString,
+            grpc__balancer_dot_demo_dot_greeter__pb2.HelloReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,6 +10,7 @@ and the "why nothing is reachable" message.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
@@ -57,6 +58,20 @@ PolicyFactory = Callable[[ChannelControl, Mapping[str, Any]], Policy]
 
 _REGISTRY: dict[str, PolicyFactory] = {}
 
+#: The built-in policies, each imported (and registering itself) on first use of its
+#: name, so a channel using round_robin never loads weighted_round_robin's ORCA protos.
+_BUILTIN = {
+    name: f"grpc_balancer.policies.{name}"
+    for name in (
+        "pick_first",
+        "round_robin",
+        "weighted_round_robin",
+        "least_request",
+        "peak_ewma",
+        "ring_hash",
+    )
+}
+
 
 def register_policy(name: str, factory: PolicyFactory) -> None:
     """Make ``name`` usable as ``policy=`` and in ``loadBalancingConfig``.
@@ -70,7 +85,8 @@ def register_policy(name: str, factory: PolicyFactory) -> None:
 
 
 def get_policy_factory(name: str) -> PolicyFactory:
-    _load_builtin()
+    if name not in _REGISTRY:
+        _load_builtin(name)
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -80,26 +96,18 @@ def get_policy_factory(name: str) -> PolicyFactory:
 
 
 def registered_policies() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
+    """Every usable name: the registered ones and the built-ins (not imported for this)."""
+    return sorted(_REGISTRY.keys() | _BUILTIN.keys())
 
 
-def _load_builtin() -> None:
-    import importlib
-
-    for module in (
-        "pick_first",
-        "round_robin",
-        "weighted_round_robin",
-        "least_request",
-        "peak_ewma",
-        "ring_hash",
-    ):
-        try:
-            importlib.import_module(f"grpc_balancer.policies.{module}")
-        except ModuleNotFoundError as exc:  # a policy module not written yet
-            if exc.name != f"grpc_balancer.policies.{module}":
-                raise
+def _load_builtin(name: str) -> None:
+    """The lazy seam: import the built-in module for ``name``; it registers itself, but
+    never over a registration made before (a user's own policy of the same name wins)."""
+    module = _BUILTIN.get(name)
+    if module is not None:
+        earlier = dict(_REGISTRY)
+        importlib.import_module(module)
+        _REGISTRY.update(earlier)
 
 
 def check_config_fields(policy: str, config: Mapping[str, Any], allowed: set[str]) -> None:

@@ -8,6 +8,7 @@ error with :meth:`ResolverListener.on_resolver_error` and keeps retrying; an emp
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -53,6 +54,17 @@ ResolverFactory = Callable[[Target, ResolverListener, ResolverOptions], Resolver
 
 _REGISTRY: dict[str, ResolverFactory] = {}
 
+#: The built-in schemes, each module imported (and registering its schemes) on first use
+#: of one: only an ``etcd://`` target loads the etcd client (aetcd and etcd's protos).
+_BUILTIN = {
+    "static": "grpc_balancer.resolvers.static",
+    "ipv4": "grpc_balancer.resolvers.static",
+    "ipv6": "grpc_balancer.resolvers.static",
+    "dns": "grpc_balancer.resolvers.dns",
+    "dns+srv": "grpc_balancer.resolvers.dns",
+    "etcd": "grpc_balancer.resolvers.etcd",
+}
+
 
 def register_resolver(scheme: str, factory: ResolverFactory) -> None:
     """Make ``scheme://`` targets resolvable by ``factory`` (replaces an earlier one)."""
@@ -62,28 +74,27 @@ def register_resolver(scheme: str, factory: ResolverFactory) -> None:
 
 
 def get_resolver_factory(target: Target) -> ResolverFactory:
-    _load_builtin()
+    if target.scheme not in _REGISTRY:
+        _load_builtin(target.scheme)
     try:
         return _REGISTRY[target.scheme]
     except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
+        known = ", ".join(registered_schemes())
         raise InvalidTargetError(
             f"target {target.raw!r}: unknown scheme {target.scheme!r} (known: {known})"
         ) from None
 
 
 def registered_schemes() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
+    """Every usable scheme: the registered ones and the built-ins (not imported for this)."""
+    return sorted(_REGISTRY.keys() | _BUILTIN.keys())
 
 
-def _load_builtin() -> None:
-    # Imported lazily: each module registers its own schemes.
-    import importlib
-
-    for module in ("static", "dns", "etcd"):
-        try:
-            importlib.import_module(f"grpc_balancer.resolvers.{module}")
-        except ModuleNotFoundError as exc:  # a resolver module not written yet
-            if exc.name != f"grpc_balancer.resolvers.{module}":
-                raise
+def _load_builtin(scheme: str) -> None:
+    """The lazy seam: import the built-in module for ``scheme``; it registers its schemes,
+    but never over a registration made before (a user's own resolver of a scheme wins)."""
+    module = _BUILTIN.get(scheme)
+    if module is not None:
+        earlier = dict(_REGISTRY)
+        importlib.import_module(module)
+        _REGISTRY.update(earlier)

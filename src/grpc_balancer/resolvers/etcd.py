@@ -19,7 +19,8 @@ import contextlib
 import logging
 import random
 
-from grpc_balancer._etcd.client import EtcdClient, EtcdError
+from grpc_balancer._etcd import EtcdError
+from grpc_balancer._etcd.client import EtcdClient
 from grpc_balancer._etcd.codec import BadValueError, decode_endpoint
 from grpc_balancer._etcd.settings import BACKOFF_BASE_S, EtcdSettings, parse_etcd_target
 from grpc_balancer.endpoint import Endpoint

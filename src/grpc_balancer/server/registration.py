@@ -25,17 +25,19 @@ import logging
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc.aio
-from aetcd import rpc
 from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 
-from grpc_balancer._etcd.client import EtcdClient, EtcdError
+from grpc_balancer._etcd import EtcdError, new_client
 from grpc_balancer._etcd.codec import encode_endpoint
 from grpc_balancer._etcd.settings import BACKOFF_BASE_S, settings_from_target
 from grpc_balancer.errors import BalancerConfigError, InvalidTargetError
 from grpc_balancer.target import join_host_port, split_host_port
+
+if TYPE_CHECKING:
+    from grpc_balancer._etcd.client import EtcdClient
 
 log = logging.getLogger("grpc_balancer.server.registration")
 
@@ -69,7 +71,7 @@ class Registration:
         self.key = self.settings.key_for(self.address)
         self.value = encode_endpoint(self.address, self.metadata)
         self.first_timeout_s = first_timeout_s
-        self._client = EtcdClient(self.settings)
+        self._client = new_client(self.settings)  # the first use: aetcd is imported here
         self._task: asyncio.Task[None] | None = None
         self._registered = asyncio.Event()
         self._rng = random.Random()
@@ -170,7 +172,7 @@ class Registration:
         log.info("registered %s (lease ttl %ss)", self.key, self.ttl)
 
     async def _lease_alive(self, lease_id: int) -> bool:
-        responses = self._keepalive_responses(_requests(lease_id, 1, 0.0), 0.0)
+        responses = self._keepalive_responses(_requests(self._client, lease_id, 1, 0.0), 0.0)
         async with contextlib.aclosing(responses):
             async for ttl in responses:
                 return ttl > 0
@@ -179,7 +181,9 @@ class Registration:
     async def _keep_alive(self) -> None:
         """Refresh every ttl/3 until the lease is lost (then return) or the stream fails."""
         interval = max(self.ttl / 3, 0.1)
-        responses = self._keepalive_responses(_requests(self.lease_id, None, interval), interval)
+        responses = self._keepalive_responses(
+            _requests(self._client, self.lease_id, None, interval), interval
+        )
         async with contextlib.aclosing(responses):
             async for ttl in responses:
                 if ttl <= 0:
@@ -238,13 +242,15 @@ def registration(
     )  # fmt: skip
 
 
-async def _requests(lease_id: int, count: int | None, interval: float) -> AsyncIterator[Any]:
+async def _requests(
+    client: EtcdClient, lease_id: int, count: int | None, interval: float
+) -> AsyncIterator[Any]:
     """Keep-alive requests: ``count`` of them (None: forever) ``interval`` apart."""
     sent = 0
     while count is None or sent < count:
         if sent:
             await asyncio.sleep(interval)
-        yield rpc.LeaseKeepAliveRequest(ID=lease_id)
+        yield client.keepalive_request(lease_id)
         sent += 1
     await asyncio.Event().wait()  # keep the send side open
 
