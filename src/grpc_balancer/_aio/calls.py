@@ -26,6 +26,7 @@ from grpc_balancer._attempts.plan import (
     CANCELLED_DETAILS,
     Action,
     AttemptPlan,
+    CallSpec,
     Cancel,
     Commit,
     Finish,
@@ -93,6 +94,17 @@ class _MultiCallable:
         self._wait_for_ready = None if policy is None else policy.wait_for_ready
         self._retry: RetryPolicy | None = None if policy is None else policy.retry
         self._hedging: HedgingPolicy | None = None if policy is None else policy.hedging
+        self._spec = CallSpec(
+            self._kind,
+            channel.picking,
+            self._retry,
+            self._hedging,
+            channel.throttle,
+            channel.emit,
+            time.monotonic,
+            None,
+            channel.retry_buffer_size,
+        )
 
     def inner(self, sc: Any) -> Any:
         """This method's grpc.aio multicallable on ``sc``'s channel (cached per subchannel)."""
@@ -134,7 +146,10 @@ class _Call:
         compression: grpc.Compression | None,
     ) -> None:
         channel = mc._channel
-        self._loop = channel.loop_for_call()
+        loop = channel._loop
+        if loop is None or channel._closed or asyncio.get_running_loop() is not loop:
+            loop = channel.loop_for_call()  # starts the channel, or says why it cannot
+        self._loop = loop
         self._mc = mc
         self._channel = channel
         if mc._timeout is not None and (timeout is None or mc._timeout < timeout):
@@ -145,19 +160,12 @@ class _Call:
         self._request = request
         if self._kind is Kind.STREAM_UNARY or self._kind is Kind.STREAM_STREAM:
             self._requests = AsyncRequests(request, self._buffered)
-        self._plan = AttemptPlan(
-            self._kind,
-            channel.picking,
+        self._plan = AttemptPlan.for_call(
+            mc._spec,
             PickInfo(mc._method, metadata),
-            metadata=metadata,
-            deadline=self._deadline,
-            wait_for_ready=bool(mc._wait_for_ready if wait_for_ready is None else wait_for_ready),
-            retry=mc._retry,
-            hedging=mc._hedging,
-            throttle=channel.throttle,
-            emit=channel.emit,
-            clock=time.monotonic,
-            buffer_limit=channel.retry_buffer_size,
+            metadata,
+            self._deadline,
+            bool(mc._wait_for_ready if wait_for_ready is None else wait_for_ready),
         )
         if not self._kind.unary_response and (mc._retry is not None or mc._hedging is not None):
             # Stream responses that may retry: read the first message before the
@@ -171,7 +179,11 @@ class _Call:
             capture.add(self)
         if channel.instrument is not None:
             channel.instrument.call_started(self)
-        self._run(self._plan.start())
+        actions = self._plan.start()
+        if len(actions) == 1 and type(actions[0]) is Send and self._plan.wake_at is None:
+            self._send(actions[0].attempt)  # the common first step
+        else:
+            self._run(actions)
 
     # -- executing the plan's actions ---------------------------------------------------------
     def _run(self, actions: list[Action]) -> None:
@@ -259,8 +271,14 @@ class _Call:
         code = (
             _CODES.get(status.code(), grpc.StatusCode.UNKNOWN) if status is not None else _CANCELLED
         )
-        if code is _OK and not attempt.wants_trailers:
-            self._run(self._plan.on_end(attempt, code, "", None))  # the fast path
+        if code is _OK and not attempt.subchannel.trailer_observers:  # the fast path
+            actions = self._plan.on_end(attempt, code, "", None)
+            if self._timer_at is None and self._progress is None and len(actions) == 1:
+                action = actions[0]
+                if type(action) is Finish:
+                    self._finished(action)
+                    return
+            self._run(actions)
             return
         code, details, trailers, _ = _status_of(call)
         self._end(attempt, code, details, trailers)

@@ -178,6 +178,46 @@ class Finish:
 Action = Send | Cancel | Commit | Finish
 
 
+class CallSpec:
+    """What every call of one method on one channel shares (made once per
+    multicallable): its kind, the pick seam, its method config, the channel's
+    throttle and event sink, the clock."""
+
+    __slots__ = (
+        "buffer_limit",
+        "clock",
+        "emit",
+        "hedging",
+        "kind",
+        "picking",
+        "retry",
+        "rng",
+        "throttle",
+    )
+
+    def __init__(
+        self,
+        kind: Kind,
+        picking: Picking,
+        retry: RetryPolicy | None,
+        hedging: HedgingPolicy | None,
+        throttle: RetryThrottle | None,
+        emit: Callable[[Event, Any, Code | None], None],
+        clock: Callable[[], float],
+        rng: random.Random | None = None,
+        buffer_limit: int = DEFAULT_BUFFER_LIMIT,
+    ) -> None:
+        self.kind = kind
+        self.picking = picking
+        self.retry = retry
+        self.hedging = hedging
+        self.throttle = throttle
+        self.emit = emit
+        self.clock = clock
+        self.rng = rng
+        self.buffer_limit = buffer_limit
+
+
 class AttemptPlan:
     """One call's plan. Not thread-safe: a driver feeding it from several threads
     holds one lock around each input."""
@@ -197,6 +237,17 @@ class AttemptPlan:
     _sent = 0
     _transparent = 0
     _last_failure: tuple[Attempt, Code, str] | None = None
+    _retry: RetryPolicy | None = None
+    _hedging: HedgingPolicy | None = None
+    _hedge_limit = 1
+    #: A success refills the throttle (even after a commit dropped the policies).
+    _refills = False
+    #: False once requests can no longer be re-sent (buffer limit passed): the next
+    #: attempt is the last.
+    _replayable = True
+    #: Backends this call's attempts went to (PickInfo.exclude is made from it when
+    #: another attempt is picked, not on every call).
+    _tried: tuple[Any, ...] = ()
 
     def __init__(
         self,
@@ -216,30 +267,66 @@ class AttemptPlan:
         replayable: bool = True,
         buffer_limit: int = DEFAULT_BUFFER_LIMIT,
     ) -> None:
-        self.kind = kind
-        self._picking = picking
+        spec = CallSpec(kind, picking, retry, hedging, throttle, emit, clock, rng, buffer_limit)
+        self._setup(spec, info, metadata, deadline, wait_for_ready)
+        if not replayable:
+            self._replayable = False
+
+    @classmethod
+    def for_call(
+        cls,
+        spec: CallSpec,
+        info: PickInfo,
+        metadata: Metadata | None,
+        deadline: float | None,
+        wait_for_ready: bool,
+    ) -> AttemptPlan:
+        """The drivers' constructor: what is the same for every call of a method is in
+        ``spec``, made once per multicallable."""
+        plan = cls.__new__(cls)
+        # _setup, inlined: this runs once per call
+        plan._spec = spec
+        plan.info = info
+        plan._metadata = metadata or ()
+        plan.deadline = deadline
+        plan._wait_for_ready = wait_for_ready
+        plan.running = []
+        if spec.retry is not None or spec.hedging is not None:
+            plan._setup(spec, info, metadata, deadline, wait_for_ready)
+        return plan
+
+    def _setup(
+        self,
+        spec: CallSpec,
+        info: PickInfo,
+        metadata: Metadata | None,
+        deadline: float | None,
+        wait_for_ready: bool,
+    ) -> None:
+        self._spec = spec
         self.info = info
-        self._metadata = tuple(metadata or ())
+        self._metadata = metadata or ()
         self.deadline = deadline
         self._wait_for_ready = wait_for_ready
-        self._retry = retry
-        self._hedging = hedging
-        self._throttle = throttle
-        #: A success refills the throttle (even after a commit dropped the policies).
-        self._refills = retry is not None or hedging is not None
-        self._emit = emit
-        self._clock = clock
-        self._rng = rng
-        #: False once requests can no longer be re-sent (buffer limit, write-mode
-        #: stream already written to): the next attempt is the last.
-        self._replayable = replayable
-        self._buffer_limit = buffer_limit
         self.running: list[Attempt] = []
-        self._hedge_limit = hedging.max_attempts if hedging is not None else 1
+        # only calls with a policy pay for it (the class defaults say "none")
+        if spec.retry is not None:
+            self._retry = spec.retry
+            self._refills = True
+        if spec.hedging is not None:
+            self._hedging = spec.hedging
+            self._hedge_limit = spec.hedging.max_attempts
+            self._refills = True
+
+    @property
+    def kind(self) -> Kind:
+        return self._spec.kind
 
     # -- inputs ---------------------------------------------------------------------------
     def start(self) -> list[Action]:
-        return self._step(Input.START, None)
+        if self.state is not State.IDLE:
+            raise PlanError(f"attempt plan: no transition for START in {self.state.name}")
+        return self._pick()  # the table's (IDLE, START), taken inline: every call's first step
 
     def on_picker(self) -> list[Action]:
         """The picker the plan was waiting on was replaced."""
@@ -253,6 +340,25 @@ class AttemptPlan:
     ) -> list[Action]:
         """``attempt`` ended with ``code`` (its accounting is done here)."""
         attempt.finish(code, details, trailers)
+        running = self.running
+        if (
+            code is Code.OK
+            and self.state is State.ATTEMPTING
+            and not self._refills
+            and len(running) == 1
+            and running[0] is attempt
+        ):
+            # the table's (ATTEMPTING, END) for the commonest end, taken inline: the
+            # only attempt of a call without retries or hedges succeeded
+            running.clear()
+            self.committed = attempt
+            n = attempt.number
+            finish = Finish(attempt, Code.OK, "", ((PREVIOUS_ATTEMPTS_KEY, str(n)),) if n else ())
+            self.state = State.DONE
+            self.wake_at = None
+            self.waiting_on = None
+            self.outcome = finish
+            return [finish]
         return self._step(Input.END, (attempt, code, details or "", trailers))
 
     def on_response(self, attempt: Attempt) -> list[Action]:
@@ -286,31 +392,31 @@ class AttemptPlan:
 
     def _h_wait_over(self, _: Any) -> list[Action]:
         """WAITING: the picker changed, or the wait's bound came."""
-        now = self._clock()
+        now = self._spec.clock()
         if (
             self.deadline is not None
             and now >= self.deadline
-            and self._picking.generation is self.waiting_on
+            and self._spec.picking.generation is self.waiting_on
         ):
             return self._fail(
                 Code.DEADLINE_EXCEEDED,
-                f"deadline exceeded while waiting for a backend: {self._picking.why_waiting()}",
+                f"deadline exceeded while waiting for a backend: {self._spec.picking.why_waiting()}",
             )
         if (
             self.wake_at is not None
             and now < self.wake_at
-            and self._picking.generation is self.waiting_on
+            and self._spec.picking.generation is self.waiting_on
         ):
             return []  # a stale timer: still waiting
         return self._pick()
 
     def _h_backoff_over(self, _: Any) -> list[Action]:
-        if self.wake_at is not None and self._clock() < self.wake_at:
+        if self.wake_at is not None and self._spec.clock() < self.wake_at:
             return []
         return self._pick()
 
     def _h_hedge_timer(self, _: Any) -> list[Action]:
-        if self.wake_at is None or self._clock() < self.wake_at:
+        if self.wake_at is None or self._spec.clock() < self.wake_at:
             return []
         return self._next_hedge()
 
@@ -329,7 +435,7 @@ class AttemptPlan:
             return []
         self.running = []
         if code is Code.OK and self._refills:
-            record_success(self._throttle)
+            record_success(self._spec.throttle)
         return self._finish(Finish(attempt, code, details, self._previous(attempt)))
 
     def _h_end_done(self, arg: tuple[Attempt, Code, str, Metadata | None]) -> list[Action]:
@@ -345,7 +451,7 @@ class AttemptPlan:
 
     def _h_buffered(self, nbytes: int) -> list[Action]:
         self._buffered += nbytes
-        if self._buffered <= self._buffer_limit or not self._replayable:
+        if self._buffered <= self._spec.buffer_limit or not self._replayable:
             return []
         self._replayable = False  # no later attempt could replay what was dropped
         if self.state is State.ATTEMPTING and self.running:
@@ -361,8 +467,10 @@ class AttemptPlan:
 
     # -- decisions ------------------------------------------------------------------------
     def _pick(self) -> list[Action]:
+        if self._tried:
+            self.info.exclude = frozenset(self._tried)
         try:
-            sc = self._picking.pick(self.info, self._wait_for_ready)
+            sc = self._spec.picking.pick(self.info, self._wait_for_ready)
         except PickError as err:
             return self._fail(err.code, err.message)
         if sc is None:
@@ -370,22 +478,22 @@ class AttemptPlan:
         return self._send(sc)
 
     def _wait_for_picker(self, until: float | None) -> list[Action]:
-        now = self._clock()
+        now = self._spec.clock()
         if self.deadline is not None:
             if now >= self.deadline:
                 return self._fail(
                     Code.DEADLINE_EXCEEDED,
-                    f"deadline exceeded while waiting for a backend: {self._picking.why_waiting()}",
+                    f"deadline exceeded while waiting for a backend: {self._spec.picking.why_waiting()}",
                 )
             until = self.deadline if until is None else min(until, self.deadline)
         self.state = State.WAITING
-        self.waiting_on = self._picking.generation
+        self.waiting_on = self._spec.picking.generation
         self.wake_at = until
         return []
 
     def _send(self, sc: Any) -> list[Action]:
         # the clock is read only when a deadline or a hedging delay needs it
-        now = self._clock() if self.deadline is not None or self._hedging is not None else 0.0
+        now = self._spec.clock() if self.deadline is not None or self._hedging is not None else 0.0
         timeout = None
         if self.deadline is not None:
             timeout = self.deadline - now
@@ -401,13 +509,13 @@ class AttemptPlan:
         attempt = Attempt(sc, number, metadata, timeout)
         self._sent += 1
         self.running.append(attempt)
-        self.info.exclude = self.info.exclude | {sc}
+        self._tried = (*self._tried, sc)
         self.state = State.ATTEMPTING
         self.waiting_on = None
         self.wake_at = None
         if self._hedging is not None:
             if number:
-                self._emit(Event.HEDGE, sc, None)
+                self._spec.emit(Event.HEDGE, sc, None)
             if self._sent < self._hedge_limit:
                 self.wake_at = now + self._hedging.delay_s
         if not self._replayable:
@@ -423,15 +531,16 @@ class AttemptPlan:
             return self._maybe_give_up()
         # _hedge_limit counts the attempts (maxAttempts plus not-sent ones re-sent):
         # only the throttle is left to ask (may_send_hedge would cap at maxAttempts)
-        if self._throttle is not None and not self._throttle.allows_retry():
-            self._emit(Event.THROTTLED, None, None)
+        if self._spec.throttle is not None and not self._spec.throttle.allows_retry():
+            self._spec.emit(Event.THROTTLED, None, None)
             self._hedge_limit = self._sent
             return self._maybe_give_up()
         if not self.running:
             return self._pick()  # nothing in flight: this one may wait for a backend
-        sc = self._picking.pick_now(self.info)
+        self.info.exclude = frozenset(self._tried)
+        sc = self._spec.picking.pick_now(self.info)
         if sc is None:  # a hedge never waits: the others may answer meanwhile
-            self.wake_at = self._clock() + policy.delay_s
+            self.wake_at = self._spec.clock() + policy.delay_s
             return []
         return self._send(sc)
 
@@ -444,7 +553,7 @@ class AttemptPlan:
 
     def _won(self, attempt: Attempt) -> list[Action]:
         if self._refills:
-            record_success(self._throttle)
+            record_success(self._spec.throttle)
         actions: list[Action] = [Cancel(a) for a in self.running]
         self.running = []
         self.committed = attempt
@@ -455,7 +564,7 @@ class AttemptPlan:
         self.running = [attempt]
         self.committed = attempt
         self._replayable = False
-        if self.kind.unary_response:
+        if self._spec.kind.unary_response:
             # the response is still to come: no retries from now on
             self._retry = None
             self._hedging = None
@@ -477,28 +586,28 @@ class AttemptPlan:
             return self._hedge_failed(attempt, code, details, not_sent)
         if not_sent and self._replayable and self._transparent < MAX_TRANSPARENT_RETRIES:
             self._transparent += 1
-            self._emit(Event.TRANSPARENT_RETRY, attempt.subchannel, code)
+            self._spec.emit(Event.TRANSPARENT_RETRY, attempt.subchannel, code)
             self._sent -= 1  # it never left: the next one is not a retry
             # The picker has not seen the failure yet: give the subchannel's state
             # change a moment to land rather than re-sending blindly.
-            return self._wait_for_picker(self._clock() + TRANSPARENT_WAIT_S)
+            return self._wait_for_picker(self._spec.clock() + TRANSPARENT_WAIT_S)
         retry = self._retry
         if retry is None or not self._replayable:
             return self._finish(Finish(attempt, code, details, self._previous(attempt)))
         self._counted += 1
         delay = retry_delay_s(
-            retry, code, self._counted, self._throttle, _pushback_ms(trailers), self._rng
+            retry, code, self._counted, self._spec.throttle, _pushback_ms(trailers), self._spec.rng
         )
         if delay is None:
             if (
-                self._throttle is not None
+                self._spec.throttle is not None
                 and code in retry.retryable_codes
                 and self._counted < retry.max_attempts
-                and not self._throttle.allows_retry()
+                and not self._spec.throttle.allows_retry()
             ):
-                self._emit(Event.THROTTLED, attempt.subchannel, code)
+                self._spec.emit(Event.THROTTLED, attempt.subchannel, code)
             return self._finish(Finish(attempt, code, details, self._previous(attempt)))
-        now = self._clock()
+        now = self._spec.clock()
         if self.deadline is not None and now + delay >= self.deadline:
             return self._fail(
                 Code.DEADLINE_EXCEEDED,
@@ -506,7 +615,7 @@ class AttemptPlan:
                 f"failed with {code.name}: {details})",
                 previous=self._sent,
             )
-        self._emit(Event.RETRY, attempt.subchannel, code)
+        self._spec.emit(Event.RETRY, attempt.subchannel, code)
         self.state = State.BACKOFF
         self.wake_at = now + delay
         return []
@@ -516,13 +625,13 @@ class AttemptPlan:
     ) -> list[Action]:
         policy = self._hedging
         assert policy is not None
-        if not not_sent and hedge_failure_is_fatal(policy, code, self._throttle):
+        if not not_sent and hedge_failure_is_fatal(policy, code, self._spec.throttle):
             actions: list[Action] = [Cancel(a) for a in self.running]
             self.running = []
             return actions + self._finish(Finish(attempt, code, details, self._previous(attempt)))
         if not_sent and self._transparent < MAX_TRANSPARENT_RETRIES:
             self._transparent += 1
-            self._emit(Event.TRANSPARENT_RETRY, attempt.subchannel, code)
+            self._spec.emit(Event.TRANSPARENT_RETRY, attempt.subchannel, code)
             self._hedge_limit = min(
                 self._hedge_limit + 1, policy.max_attempts + MAX_TRANSPARENT_RETRIES
             )

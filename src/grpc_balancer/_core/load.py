@@ -55,10 +55,12 @@ class LatencyEstimate:
         self.samples += 1
 
     def on_call(self, latency_s: float, code: grpc.StatusCode, now: float) -> None:
-        if code is _OK:
-            self.observe(latency_s, now)
-        elif code is not _CANCELLED:
-            self.observe(max(latency_s, self.penalty_s), now)
+        """One attempt's end: a failure is a slow sample, a cancelled call teaches nothing."""
+        if code is not _OK:
+            if code is _CANCELLED:
+                return
+            latency_s = max(latency_s, self.penalty_s)
+        self.observe(latency_s, now)
 
     def __repr__(self) -> str:
         return f"<LatencyEstimate {self.value_s * 1000:.2f}ms n={self.samples}>"

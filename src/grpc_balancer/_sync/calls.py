@@ -24,6 +24,7 @@ from grpc_balancer._attempts.errors import SyncRpcError, with_extra
 from grpc_balancer._attempts.plan import (
     Action,
     AttemptPlan,
+    CallSpec,
     Cancel,
     Commit,
     Finish,
@@ -97,26 +98,30 @@ class _SyncMultiCallable:
         self._wait_for_ready = None if policy is None else policy.wait_for_ready
         self._retry: RetryPolicy | None = None if policy is None else policy.retry
         self._hedging: HedgingPolicy | None = None if policy is None else policy.hedging
+        core = channel.core
+        self._spec = CallSpec(
+            self._kind,
+            core.picking,
+            self._retry,
+            self._hedging,
+            core.throttle,
+            core.emit,
+            time.monotonic,
+            None,
+            core.retry_buffer_size,
+        )
 
     def plan(
         self, timeout: float | None, metadata: Any, wait_for_ready: bool | None
     ) -> AttemptPlan:
         if self._timeout is not None and (timeout is None or self._timeout < timeout):
             timeout = self._timeout  # methodConfig timeout: the smaller one wins
-        core = self._channel.core
-        return AttemptPlan(
-            self._kind,
-            core.picking,
+        return AttemptPlan.for_call(
+            self._spec,
             PickInfo(self._method, metadata),
-            metadata=metadata,
-            deadline=None if timeout is None else time.monotonic() + timeout,
-            wait_for_ready=bool(self._wait_for_ready if wait_for_ready is None else wait_for_ready),
-            retry=self._retry,
-            hedging=self._hedging,
-            throttle=core.throttle,
-            emit=core.emit,
-            clock=time.monotonic,
-            buffer_limit=core.retry_buffer_size,
+            metadata,
+            None if timeout is None else time.monotonic() + timeout,
+            bool(self._wait_for_ready if wait_for_ready is None else wait_for_ready),
         )
 
     def inner(self, sc: Any) -> Any:
