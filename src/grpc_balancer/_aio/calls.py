@@ -499,11 +499,41 @@ class _StreamResponse(_Call):
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Any]:
+        if self._prefetch:  # the first message was read with read(): keep reading so
+            while True:
+                response = await self.read()
+                if response is _EOF:
+                    return
+                yield response
+        plan = self._plan
         while True:
-            response = await self.read()
-            if response is _EOF:
+            attempt = self._reading_attempt()
+            if attempt is None:
+                if plan.done:
+                    self._end_of_stream()  # raises the call's error, if any
+                    return
+                await asyncio.shield(self._next_progress())
+                continue
+            first = True
+            try:
+                async for response in attempt.call:  # grpc.aio's own iteration: one layer
+                    if first:
+                        first = False
+                        if plan.committed is None and not plan.done:
+                            self._run(plan.on_response(attempt))
+                    yield response
+            except grpc.aio.AioRpcError:
+                pass
+            except asyncio.CancelledError:
+                if _being_cancelled():
+                    raise
+            if not attempt.ended:
+                code, details, trailers, _ = _status_of(attempt.call)
+                self._end(attempt, code, details, trailers)
+            if plan.done and (plan.outcome is None or plan.outcome.attempt in (attempt, None)):
+                self._end_of_stream()
                 return
-            yield response
+            # the plan moved on (a transparent retry): read the next attempt
 
     async def read(self) -> Any:
         """The next response: from the attempt the plan committed to (or is trying)."""
