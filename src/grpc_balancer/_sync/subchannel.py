@@ -68,6 +68,7 @@ class SyncSubchannel(Subchannel):
         self._lock = threading.Lock()
         self._channel_closed = False
         self._subscribed = False
+        self._closer: asyncio.Task[None] | None = None
         #: Open server streams (each with its reader thread), guarded by ``_lock``.
         self._streams: set[_ThreadStream] = set()
         #: sync multicallables on this endpoint's channel, by (kind, method, ser, deser).
@@ -232,12 +233,35 @@ class SyncSubchannel(Subchannel):
             self._close_now()
 
     def close_transport(self) -> None:
-        self._close_channel()
+        self.stop_watching()
+        try:
+            self._closer = asyncio.get_running_loop().create_task(self._close_when_unwatched())
+        except RuntimeError:  # pragma: no cover - no loop: close at once
+            self._close_channel()
 
     async def aclose_transport(self) -> None:
         with self._lock:
             self._closing = True
-        self._close_channel()
+        self.stop_watching()
+        await self._close_when_unwatched()
+
+    async def _close_when_unwatched(self) -> None:
+        """Close the channel once grpcio's connectivity poller for it has stopped: a
+        close while it runs (right after ``subscribe``, or between two of its checks)
+        makes it raise "Channel closed!" in its thread. Unsubscribed, it stops at its
+        next turn (every 0.2 s); the wait is bounded all the same."""
+        try:
+            for _ in range(200):
+                if not self._poller_running():
+                    break
+                await asyncio.sleep(0.005)
+        finally:
+            self._close_channel()
+
+    def _poller_running(self) -> bool:
+        # grpcio's own state (grpc._channel.Channel); read defensively.
+        state = getattr(self.channel, "_connectivity_state", None)
+        return bool(getattr(state, "polling", False))
 
     def _close_channel(self) -> None:
         """Unsubscribe, close the channel (which cancels its calls and streams), then
