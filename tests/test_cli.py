@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import signal
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -123,3 +126,46 @@ def test_bad_server_port_env_is_exit_2() -> None:
     result = run_cli("serve", SERVER_PORT="fifty")
     assert result.returncode == 2
     assert "SERVER_PORT" in result.stderr and "Traceback" not in result.stderr
+
+
+@contextlib.contextmanager
+def _listening(host: str = "0.0.0.0") -> Iterator[int]:
+    """A port somebody else is already listening on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", None])
+def test_serve_on_a_busy_port_is_one_line_and_exit_1(host: str | None) -> None:
+    with _listening() as port:
+        args = ["--port", str(port)] + ([] if host is None else ["--host", host])
+        result = run_cli("serve", *args, timeout=30)
+    shown = "[::]" if host is None else host
+    assert result.returncode == 1
+    assert result.stdout == ""  # no banner before the bind succeeded
+    assert result.stderr == (
+        f"grpc-balancer: error: cannot listen on {shown}:{port}: address already in use\n"
+    )
+
+
+def test_serve_on_an_unassignable_host_is_one_line_and_exit_1() -> None:
+    result = run_cli("serve", "--host", "192.0.2.1", "--port", str(free_port()), timeout=30)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("grpc-balancer: error: cannot listen on 192.0.2.1:")
+    assert result.stderr.endswith(": cannot assign requested address\n")
+    assert result.stderr.count("\n") == 1
+
+
+def test_call_metrics_port_busy_is_one_line_and_exit_1() -> None:
+    with _listening("127.0.0.1") as port:
+        result = run_cli(
+            "call", "--target", f"static:///127.0.0.1:{free_port()}", "--metrics-port", str(port)
+        )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"grpc-balancer: error: --metrics-port: cannot listen on 127.0.0.1:{port}: "
+        "address already in use\n"
+    )

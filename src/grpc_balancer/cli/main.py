@@ -20,7 +20,12 @@ from typing import Any, NoReturn
 import grpc
 
 from grpc_balancer import aio
-from grpc_balancer.cli.observe import add_observe_args, run_observed, wants_observed_run
+from grpc_balancer.cli.observe import (
+    CommandFailed,
+    add_observe_args,
+    run_observed,
+    wants_observed_run,
+)
 from grpc_balancer.cli.register import add_register_args, registration_hooks
 from grpc_balancer.cli.resolve import add_resolve_parser
 from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
@@ -53,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BalancerConfigError, UsageError) as exc:
         print(f"grpc-balancer: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except CommandFailed as exc:
+        print(f"grpc-balancer: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -193,7 +201,12 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         port, args.host, faults=faults, grace_s=args.grace, load_reporter=reporter
     )
     hooks = registration_hooks(args)  # --register: validated before the server starts
-    print(f"🚀 Starting the load-balanced gRPC server on :{port}...", flush=True)
+    try:
+        await server.start()
+    except OSError as exc:  # port in use, address not assignable: one line, exit 1
+        print(f"grpc-balancer: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"🚀 Starting the load-balanced gRPC server on :{server.port}...", flush=True)
     try:
         await serve_forever(server, **hooks)
     except (OSError, RegistrationError) as exc:

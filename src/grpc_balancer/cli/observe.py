@@ -23,6 +23,11 @@ from grpc_balancer._aio.channel import BalancedChannel
 from grpc_balancer._core.status import format_status
 from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 
+
+class CommandFailed(Exception):
+    """The command cannot do its work (a port in use, ...): one line, exit status 1."""
+
+
 if TYPE_CHECKING:
     from grpc_balancer.cli.live import CallStats
 
@@ -86,7 +91,13 @@ async def run_observed(
     if args.metrics_port is not None:
         from grpc_balancer import metrics
 
-        server = metrics.serve(args.metrics_port, "127.0.0.1")
+        try:
+            server = metrics.serve(args.metrics_port, "127.0.0.1")
+        except OSError as exc:
+            reason = (exc.strerror or str(exc)).lower()
+            raise CommandFailed(
+                f"--metrics-port: cannot listen on 127.0.0.1:{args.metrics_port}: {reason}"
+            ) from None
         print(f"Metrics on http://127.0.0.1:{server.server_port}/metrics", flush=True)
     stats = CallStats()
     try:

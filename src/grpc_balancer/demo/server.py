@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -59,6 +60,10 @@ class GreeterServer:
         self.serving = False
 
     @property
+    def started(self) -> bool:
+        return self._server is not None
+
+    @property
     def address(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
@@ -71,9 +76,16 @@ class GreeterServer:
         )
         if reporter is not None:
             reporter.add_oob_service(server)
-        port = server.add_insecure_port(f"{self.address.rsplit(':', 1)[0]}:{self.requested_port}")
-        if port == 0:
-            raise OSError(f"cannot bind {self.host}:{self.requested_port} (port in use?)")
+        bind = f"{self.address.rsplit(':', 1)[0]}:{self.requested_port}"
+        why = _bind_failure(self.host, self.requested_port) if self.requested_port else None
+        if why is None:
+            try:
+                port = server.add_insecure_port(bind)
+            except RuntimeError:  # grpcio >= 1.85 raises "Failed to bind to address ..."
+                port = 0
+            why = "address unavailable" if port == 0 else None
+        if why is not None:
+            raise OSError(f"cannot listen on {bind}: {why}")
         self.port = port
         self.servicer = GreeterServicer(port, self.faults)
         greeter_pb2_grpc.add_GreeterServicer_to_server(self.servicer, server)
@@ -121,6 +133,24 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
     return pool
 
 
+def _bind_failure(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound, in the OS's words ("address already in use",
+    "cannot assign requested address"), or None if it can. Checked before grpcio tries,
+    whose own error says neither (and logs a line of its own on stderr)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return f"cannot resolve {host!r}: {exc.strerror or exc}"
+    for family, kind, proto, _name, sockaddr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpcio does
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                return (exc.strerror or str(exc)).lower()
+    return None
+
+
 async def serve_forever(
     server: GreeterServer,
     *,
@@ -130,7 +160,8 @@ async def serve_forever(
     """Run ``server`` until SIGINT/SIGTERM, then stop it gracefully (SIGUSR1 toggles health)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    await server.start()
+    if not server.started:
+        await server.start()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
