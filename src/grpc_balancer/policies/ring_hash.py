@@ -24,7 +24,7 @@ import xxhash
 from grpc_balancer.errors import ServiceConfigError
 from grpc_balancer.picker import Metadata, PickInfo
 from grpc_balancer.policies import _config
-from grpc_balancer.policies.base import BasePolicy, ChannelControl, register_policy
+from grpc_balancer.policies.base import BasePolicy, ChannelControl, register_builtin_policy
 from grpc_balancer.subchannel import Subchannel
 
 NAME = "ring_hash"
@@ -209,4 +209,4 @@ class RingHashPolicy(BasePolicy):
         )
 
 
-register_policy(NAME, RingHashPolicy)
+register_builtin_policy(NAME, RingHashPolicy)

@@ -43,7 +43,11 @@ from grpc_balancer.resolvers._dns_lookup import (
     server_label,
 )
 from grpc_balancer.resolvers._hosts_file import HostsFile
-from grpc_balancer.resolvers.base import ResolverListener, ResolverOptions, register_resolver
+from grpc_balancer.resolvers.base import (
+    ResolverListener,
+    ResolverOptions,
+    register_builtin_resolver,
+)
 from grpc_balancer.target import (
     Target,
     is_ip_literal,
@@ -340,4 +344,4 @@ def _positive_float(extra: Any, key: str, default: float) -> float:
 
 
 for _scheme in SCHEMES:
-    register_resolver(_scheme, DnsResolver)
+    register_builtin_resolver(_scheme, DnsResolver)

@@ -24,7 +24,11 @@ from grpc_balancer._etcd.client import EtcdClient
 from grpc_balancer._etcd.codec import BadValueError, decode_endpoint
 from grpc_balancer._etcd.settings import BACKOFF_BASE_S, EtcdSettings, parse_etcd_target
 from grpc_balancer.endpoint import Endpoint
-from grpc_balancer.resolvers.base import ResolverListener, ResolverOptions, register_resolver
+from grpc_balancer.resolvers.base import (
+    ResolverListener,
+    ResolverOptions,
+    register_builtin_resolver,
+)
 from grpc_balancer.target import Target
 
 log = logging.getLogger("grpc_balancer.resolvers.etcd")
@@ -192,4 +196,4 @@ class EtcdResolver:
         return f"<EtcdResolver {self._target.raw!r} revision={self.revision} {state}>"
 
 
-register_resolver(SCHEME, EtcdResolver)
+register_builtin_resolver(SCHEME, EtcdResolver)
