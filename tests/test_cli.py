@@ -112,6 +112,8 @@ def test_demo_needs_nothing_running() -> None:
         (["serve", "--port", "70000"], "out of range"),
         (["serve", "--fail-rate", "2"], "--fail-rate must be between 0 and 1"),
         (["call", "-n", "0"], "must be at least 1"),
+        (["call", "--policy", ""], "--policy: must be a policy name"),
+        (["call", "--policy", " "], "--policy: must be a policy name"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
@@ -169,3 +171,19 @@ def test_call_metrics_port_busy_is_one_line_and_exit_1() -> None:
         f"grpc-balancer: error: --metrics-port: cannot listen on 127.0.0.1:{port}: "
         "address already in use\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("config", "spread"),
+    [
+        ('{"methodConfig": [{"name": [{}], "timeout": "5s"}]}', True),  # still round_robin
+        ('{"loadBalancingConfig": [{"pick_first": {}}]}', False),  # the config's own policy
+    ],
+)
+def test_a_method_config_alone_does_not_change_the_policy(config: str, spread: bool) -> None:
+    with ServerProcesses(2) as fleet:
+        target = "static:///" + ",".join(f"localhost:{s.port}" for s in fleet.servers)
+        result = run_cli("call", "--target", target, "--service-config", config)
+    assert result.returncode == 0, result.stderr
+    ports = {m.group(2) for line in result.stdout.splitlines() if (m := RESPONSE.match(line))}
+    assert len(ports) == (2 if spread else 1), result.stdout

@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import grpc
 
 from grpc_balancer import aio
+from grpc_balancer._config.service_config import load_service_config
 from grpc_balancer.cli.observe import (
     CommandFailed,
     add_observe_args,
@@ -219,8 +220,8 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 
 # -- call ------------------------------------------------------------------------------------------
 async def cmd_call(args: argparse.Namespace) -> int:
+    policy = cli_policy(args.policy, args.service_config)
     print("🚀 Running the gRPC client with load balancing...", flush=True)
-    policy = args.policy or (None if args.service_config else "round_robin")
     if wants_observed_run(args):
         counts, failed = await run_observed(args.target, policy, args, args.service_config)
     else:
@@ -229,6 +230,20 @@ async def cmd_call(args: argparse.Namespace) -> int:
         )
     print_distribution(counts, failed)
     return 0 if failed == 0 else 1
+
+
+def cli_policy(policy: str | None, service_config: str | None) -> str | None:
+    """``--policy``, else the service config's own policy, else round_robin: a service
+    config with only a methodConfig (a timeout, a retry policy) does not change it."""
+    if policy is not None:
+        if not policy.strip():
+            raise UsageError("--policy: must be a policy name such as round_robin, got ''")
+        return policy
+    if service_config is not None:
+        raw = load_service_config(service_config).raw  # bad JSON or field: exit 2
+        if "loadBalancingConfig" in raw or "loadBalancingPolicy" in raw:
+            return None
+    return "round_robin"
 
 
 async def run_calls(
