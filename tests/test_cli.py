@@ -109,8 +109,19 @@ def test_demo_needs_nothing_running() -> None:
         (["call", "--policy", "fastest"], "unknown load-balancing policy 'fastest'"),
         (["call", "--target", "static:///a:70000"], "out of range"),
         (["call", "--service-config", "{bad"], "not valid JSON"),
-        (["serve", "--port", "70000"], "out of range"),
-        (["serve", "--fail-rate", "2"], "--fail-rate must be between 0 and 1"),
+        (["serve", "--port", "70000"], "--port: must be a whole number in 1..65535, got 70000"),
+        (["serve", "--fail-rate", "2"], "--fail-rate: must be a number in [0, 1], got 2"),
+        (["serve", "--fail-rate", "nan"], "--fail-rate: must be a number in [0, 1], got nan"),
+        (["serve", "--fail-code", "OK", "--fail-rate", "1"], "--fail-code: must be an error"),
+        (["serve", "--max-concurrency", "-5"], "--max-concurrency: must be a whole number in 0.."),
+        (["serve", "--port", "0"], "argument --port: must be a whole number in 1..65535, got 0"),
+        (["serve", "--port", "\uff15"], "argument --port: '\uff15' is not a whole number"),
+        (["serve", "--grace", "-1"], "--grace: must be a number in [0, 86400], got -1"),
+        (["serve", "--delay-ms", "inf"], "--delay-ms: must be a number in [0, 86400000], got inf"),
+        *(
+            (["call", "--timeout", bad], f"--timeout: must be a number in (0, 86400], got {bad}")
+            for bad in ("0", "-1", "inf", "nan", "1e20")
+        ),
         (["call", "-n", "0"], "must be at least 1"),
         (["call", "--policy", ""], "--policy: must be a policy name"),
         (["call", "--policy", " "], "--policy: must be a policy name"),

@@ -21,6 +21,7 @@ import grpc
 
 from grpc_balancer import aio
 from grpc_balancer._config.service_config import load_service_config
+from grpc_balancer.cli.args import number, whole
 from grpc_balancer.cli.observe import (
     CommandFailed,
     add_observe_args,
@@ -39,6 +40,7 @@ from grpc_balancer.target import parse_port
 
 DEFAULT_TARGET = "static:///localhost:50051,localhost:50052"
 DEFAULT_PORT = 50051
+MAX_SECONDS = 86400.0  # a day: durations beyond it are a typo (and overflow gRPC deadlines)
 EXIT_USAGE = 2
 
 
@@ -90,10 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     serve = sub.add_parser("serve", help="run a greeter server")
-    serve.add_argument("--port", type=_port_arg, default=None, help="default $SERVER_PORT or 50051")
+    serve.add_argument(
+        "--port", type=whole(1, 65535), default=None, help="default $SERVER_PORT or 50051"
+    )
     serve.add_argument("--host", default="::", help="address to bind (default: all, IPv4+IPv6)")
     serve.add_argument(
-        "--grace", type=float, default=5.0, help="seconds for in-flight calls on stop"
+        "--grace",
+        type=number(0, MAX_SECONDS),
+        default=5.0,
+        help="seconds for in-flight calls on stop",
     )
     _add_fault_args(serve)
     serve.add_argument(
@@ -114,7 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--service-config", default=None, help="gRPC service config JSON")
     call.add_argument("-n", "--count", type=_positive_int, default=4, help="number of calls")
     call.add_argument("--name", default="World")
-    call.add_argument("--timeout", type=float, default=5.0, help="deadline per call, seconds")
+    call.add_argument(
+        "--timeout",
+        type=number(0, MAX_SECONDS, low_open=True),
+        default=5.0,
+        help="deadline per call, seconds (default 5)",
+    )
     add_observe_args(call)
     call.set_defaults(func=cmd_call)
 
@@ -130,22 +142,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_fault_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--delay-ms", type=float, default=0.0, help="added latency per call")
+    parser.add_argument(
+        "--delay-ms", type=number(0, MAX_SECONDS * 1000), default=0.0, help="added latency per call"
+    )
     parser.add_argument("--delay-dist", choices=("fixed", "lognormal"), default="fixed")
-    parser.add_argument("--fail-rate", type=float, default=0.0, help="fraction of calls to fail")
+    parser.add_argument(
+        "--fail-rate", type=number(0, 1), default=0.0, help="fraction of calls to fail (0..1)"
+    )
     parser.add_argument("--fail-code", default="UNAVAILABLE", help="status code of failures")
-    parser.add_argument("--max-concurrency", type=int, default=0, help="slots (0: unlimited)")
+    parser.add_argument(
+        "--max-concurrency", type=whole(0, 1_000_000), default=0, help="slots (0: unlimited)"
+    )
 
 
 def faults_from_args(args: argparse.Namespace) -> Faults:
-    if not 0.0 <= args.fail_rate <= 1.0:
-        raise UsageError(f"--fail-rate must be between 0 and 1, got {args.fail_rate}")
-    if args.delay_ms < 0:
-        raise UsageError(f"--delay-ms must be >= 0, got {args.delay_ms}")
     try:
         code = grpc.StatusCode[args.fail_code.upper()]
     except KeyError:
         raise UsageError(f"--fail-code: unknown status code {args.fail_code!r}") from None
+    if code is grpc.StatusCode.OK:
+        raise UsageError(
+            "--fail-code: must be an error status code (CANCELLED..UNAUTHENTICATED), not OK"
+        )
     return Faults(
         delay_ms=args.delay_ms,
         delay_dist=args.delay_dist,
@@ -153,13 +171,6 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
         fail_code=code,
         max_concurrency=args.max_concurrency,
     )
-
-
-def _port_arg(text: str) -> int:
-    try:
-        return parse_port(text, "--port")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _log_level(text: str) -> int:
