@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+import grpc_balancer
 from grpc_balancer.testing import ServerProcesses, cli_env, free_port
 
 RESPONSE = re.compile(r"^Response from server: Hello (\w+) \(from :(\d+)\)$")
@@ -198,3 +199,27 @@ def test_a_method_config_alone_does_not_change_the_policy(config: str, spread: b
     assert result.returncode == 0, result.stderr
     ports = {m.group(2) for line in result.stdout.splitlines() if (m := RESPONSE.match(line))}
     assert len(ports) == (2 if spread else 1), result.stdout
+
+
+def test_version() -> None:
+    result = run_cli("--version", timeout=30)
+    assert result.returncode == 0
+    assert result.stdout == f"grpc-balancer {grpc_balancer.__version__}\n"
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbose_raises_only_our_loggers_and_is_accepted_after_the_subcommand(
+    where: str,
+) -> None:
+    call = ["call", "--target", f"static:///127.0.0.1:{free_port()}", "-n", "1", "--timeout", "2"]
+    args = ["-v", *call] if where == "before" else [*call, "-v"]
+    result = run_cli(*args)
+    assert result.returncode == 1  # nothing listens there
+    logged = [line.split()[3] for line in result.stderr.splitlines() if " DEBUG " in line]
+    assert logged, result.stderr
+    assert all(name.startswith("grpc_balancer") for name in logged), logged  # no asyncio
+
+
+def test_log_level_after_the_subcommand() -> None:
+    result = run_cli("resolve", "static:///127.0.0.1:1", "--log-level", "info", timeout=30)
+    assert result.returncode == 0, result.stderr

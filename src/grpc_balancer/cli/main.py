@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from grpc_balancer import aio
+from grpc_balancer import __version__, aio
 from grpc_balancer._config.service_config import load_service_config
 from grpc_balancer.cli.args import number, whole
 from grpc_balancer.cli.observe import (
@@ -51,10 +51,7 @@ class UsageError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(logging.DEBUG if args.verbose else args.log_level)
     try:
         result: int = asyncio.run(args.func(args))
         return result
@@ -68,6 +65,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def configure_logging(level: int) -> None:
+    """``-v`` / ``--log-level`` raise grpc_balancer's own loggers only: grpcio, asyncio and
+    the rest stay at WARNING (their debug lines would drown ours)."""
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("grpc_balancer").setLevel(level)
+
+
+def _add_logging_args(parser: argparse.ArgumentParser, default: Any) -> None:
+    """On the top-level parser and again on each subcommand (``call -v`` works too); the
+    subcommands' copies default to SUPPRESS so they never undo the top-level value."""
+    verbose_default = False if default is None else default
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=verbose_default, help="debug logging"
+    )
+    parser.add_argument(
+        "--log-level",
+        type=_log_level,
+        default=logging.WARNING if default is None else default,
+        metavar="LEVEL",
+        help="debug, info (one line per state change), warning (default) or error",
+    )
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (no usage dump), exit status 2."""
 
@@ -79,14 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="grpc-balancer", description="Client-side load balancing for Python gRPC."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument(
-        "--log-level",
-        type=_log_level,
-        default=logging.WARNING,
-        metavar="LEVEL",
-        help="debug, info (one line per state change), warning (default) or error",
-    )
+    parser.add_argument("--version", action="version", version=f"grpc-balancer {__version__}")
+    _add_logging_args(parser, None)
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
@@ -138,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo, timeout=5.0, name="World")
 
     add_resolve_parser(sub)
+    for subcommand in sub.choices.values():
+        _add_logging_args(subcommand, argparse.SUPPRESS)
     return parser
 
 
