@@ -41,6 +41,10 @@ _hash = xxhash.xxh64_intdigest
 def key_hash(key: str | bytes | int) -> int:
     """The 64-bit ring position of a key (XXH64; an int hashes as its decimal text).
     ``PickInfo.hash_key`` takes such a position directly."""
+    if isinstance(key, bool) or not isinstance(key, str | bytes | int):
+        raise TypeError(
+            f"hash_key: the key must be a str, bytes or int, got {type(key).__name__} {key!r}"
+        )
     if isinstance(key, int):
         key = str(key)
     if isinstance(key, str):
