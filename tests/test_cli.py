@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -223,3 +224,48 @@ def test_verbose_raises_only_our_loggers_and_is_accepted_after_the_subcommand(
 def test_log_level_after_the_subcommand() -> None:
     result = run_cli("resolve", "static:///127.0.0.1:1", "--log-level", "info", timeout=30)
     assert result.returncode == 0, result.stderr
+
+
+def _readme_block_after(marker: str) -> list[str]:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    after = text[text.index(marker) :]
+    start = after.index("```\n") + 4
+    return after[start : after.index("```", start)].rstrip("\n").split("\n")
+
+
+def test_readme_demo_sample_is_what_demo_prints() -> None:
+    """Every line of the README's `make demo` sample (ports aside) is printed, in order."""
+    result = run_cli("demo")
+    assert result.returncode == 0, result.stderr
+    printed = [re.sub(r":\d{2,5}", ":PORT", line) for line in result.stdout.splitlines()]
+    sample = [
+        re.sub(r":\d{2,5}", ":PORT", line) for line in _readme_block_after("`make demo` prints:")
+    ]
+    at = 0
+    for line in sample:
+        if line == "...":
+            continue
+        assert line in printed[at:], (line, printed)
+        at = printed.index(line, at) + 1
+    assert any(line.startswith("Target: static:///") for line in sample)
+
+
+def test_demo_rejects_an_unknown_policy_before_starting_servers() -> None:
+    result = run_cli("demo", "--policy", "nope", timeout=30)
+    assert result.returncode == 2
+    assert result.stdout == ""  # no server was started
+    assert "unknown load-balancing policy 'nope'" in result.stderr
+
+
+def test_call_lists_backends_in_target_order_and_each_unreachable_one() -> None:
+    down = free_port()
+    with ServerProcesses(2) as fleet:
+        up = sorted((s.port for s in fleet.servers), reverse=True)  # not string order
+        addresses = [f"127.0.0.1:{up[0]}", f"127.0.0.1:{down}", f"127.0.0.1:{up[1]}"]
+        result = run_cli("call", "--target", "static:///" + ",".join(addresses), "-n", "4")
+    assert result.returncode == 0, result.stderr  # the calls went to the two that are up
+    lines = result.stdout.splitlines()
+    table = lines[lines.index("backend                       calls   share") + 1 :]
+    assert [line.split()[0] for line in table[:3]] == addresses
+    assert table[3].startswith(f"unreachable: 127.0.0.1:{down} (TRANSIENT_FAILURE): ")
+    assert "Connection refused" in table[3]

@@ -113,7 +113,8 @@ def rows(channel: BalancedChannel, stats: CallStats) -> list[Row]:
     status = {sc.address: sc for sc in channel.status().subchannels}
     total = max(stats.done, 1)
     out = []
-    for backend in sorted(set(status) | set(stats.backends)):
+    # the channel's backends in target order, then any that served calls and left
+    for backend in [*status, *(b for b in stats.backends if b not in status)]:
         sc = status.get(backend)
         seen = stats.backends.get(backend, BackendStats())
         rate, p50, p99 = stats.window(backend)

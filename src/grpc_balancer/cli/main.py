@@ -24,6 +24,7 @@ from grpc_balancer._config.service_config import load_service_config
 from grpc_balancer.cli.args import number, whole
 from grpc_balancer.cli.observe import (
     CommandFailed,
+    Run,
     add_observe_args,
     run_observed,
     wants_observed_run,
@@ -252,13 +253,13 @@ async def cmd_call(args: argparse.Namespace) -> int:
     policy = cli_policy(args.policy, args.service_config)
     print("🚀 Running the gRPC client with load balancing...", flush=True)
     if wants_observed_run(args):
-        counts, failed = await run_observed(args.target, policy, args, args.service_config)
+        run = await run_observed(args.target, policy, args, args.service_config)
     else:
-        counts, failed = await run_calls(
+        run = await run_calls(
             args.target, policy, args.count, args.name, args.timeout, args.service_config
         )
-    print_distribution(counts, failed)
-    return 0 if failed == 0 else 1
+    print_distribution(run)
+    return 0 if run.failed == 0 else 1
 
 
 def cli_policy(policy: str | None, service_config: str | None) -> str | None:
@@ -282,7 +283,7 @@ async def run_calls(
     name: str,
     timeout: float,
     service_config: str | None = None,
-) -> tuple[Counter[str], int]:
+) -> Run:
     """Make ``count`` sequential SayHello calls, printing each reply; count per backend."""
     counts: Counter[str] = Counter()
     failed = 0
@@ -304,21 +305,33 @@ async def run_calls(
                 continue
             print(f"Response from server: {reply.message}", flush=True)
             counts[call.peer_address or "?"] += 1
-    return counts, failed
+        backends = channel.status().subchannels
+    return Run(counts, failed, backends)
 
 
-def print_distribution(counts: Counter[str], failed: int) -> None:
+def print_distribution(run: Run) -> None:
+    """Calls per backend in target order, then each backend that could not be reached
+    and why (a run can succeed with one of its backends down)."""
+    counts, failed = run.counts, run.failed
     total = sum(counts.values()) + failed
     print()
     print(f"{'backend':<28} {'calls':>6} {'share':>7}")
-    for backend, n in sorted(counts.items()):
-        print(f"{backend:<28} {n:>6} {n / total:>7.1%}")
+    order = [sc.address for sc in run.backends]
+    for backend in [*order, *(b for b in counts if b not in order)]:
+        n = counts.get(backend, 0)
+        print(f"{backend:<28} {n:>6} {n / max(total, 1):>7.1%}")
     if failed:
         print(f"{'(failed)':<28} {failed:>6} {failed / total:>7.1%}")
+    for sc in run.backends:
+        failing = sc.connectivity == "TRANSIENT_FAILURE" or bool(sc.last_error)
+        if failing and not sc.usable and sc.connectivity != "READY":
+            why = f": {sc.last_error}" if sc.last_error else ""
+            print(f"unreachable: {sc.address} ({sc.connectivity}){why}")
 
 
 # -- demo --------------------------------------------------------------------------------------------
 async def cmd_demo(args: argparse.Namespace) -> int:
+    load_service_config(None, args.policy)  # an unknown policy: exit 2 before any server starts
     servers = [GreeterServer(0, "127.0.0.1", grace_s=1.0) for _ in range(args.servers)]
     try:
         for server in servers:
@@ -328,11 +341,11 @@ async def cmd_demo(args: argparse.Namespace) -> int:
         print(f"Target: {target}  policy: {args.policy}", flush=True)
         print("🚀 Running the gRPC client with load balancing...", flush=True)
         if wants_observed_run(args):
-            counts, failed = await run_observed(target, args.policy, args)
+            run = await run_observed(target, args.policy, args)
         else:
-            counts, failed = await run_calls(target, args.policy, args.count, "World", 5.0)
-        print_distribution(counts, failed)
-        return 0 if failed == 0 else 1
+            run = await run_calls(target, args.policy, args.count, "World", 5.0)
+        print_distribution(run)
+        return 0 if run.failed == 0 else 1
     finally:
         for server in servers:
             with contextlib.suppress(Exception):

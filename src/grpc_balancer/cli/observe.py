@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
@@ -20,8 +21,18 @@ import grpc.aio
 
 from grpc_balancer import aio
 from grpc_balancer._aio.channel import BalancedChannel
-from grpc_balancer._core.status import format_status
+from grpc_balancer._core.status import SubchannelStatus, format_status
 from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a ``call``/``demo`` run did: calls per backend, failed calls, and each backend
+    as the channel last saw it (in target order)."""
+
+    counts: Counter[str]
+    failed: int
+    backends: tuple[SubchannelStatus, ...] = ()
 
 
 class CommandFailed(Exception):
@@ -83,7 +94,7 @@ async def run_observed(
     policy: str | None,
     args: argparse.Namespace,
     service_config: str | None = None,
-) -> tuple[Counter[str], int]:
+) -> Run:
     """Run ``args.count`` SayHello calls with the chosen concurrency and rate; count per backend."""
     from grpc_balancer.cli.live import CallStats, LiveView  # rich is slow to import: only here
 
@@ -114,12 +125,13 @@ async def run_observed(
                     await run_load(channel, stats, args, echo=True)
             if args.status:
                 print(format_status(channel.status()), flush=True)
+            backends = channel.status().subchannels
     finally:
         if server is not None:
             server.shutdown()
             server.server_close()
     counts = Counter({b: s.calls for b, s in stats.backends.items() if s.calls})
-    return counts, stats.failed
+    return Run(counts, stats.failed, backends)
 
 
 @contextlib.asynccontextmanager
