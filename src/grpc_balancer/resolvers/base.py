@@ -66,6 +66,9 @@ _BUILTIN = {
     "dns": "grpc_balancer.resolvers.dns",
     "dns+srv": "grpc_balancer.resolvers.dns",
     "etcd": "grpc_balancer.resolvers.etcd",
+    "unix": "grpc_balancer.resolvers.passthrough",
+    "unix-abstract": "grpc_balancer.resolvers.passthrough",
+    "passthrough": "grpc_balancer.resolvers.passthrough",
 }
 
 

@@ -94,6 +94,10 @@ class DnsTarget:
         return None
 
 
+#: gRPC's port when a dns: target names none (dns:///greeter.example.com).
+DEFAULT_GRPC_PORT = 443
+
+
 def parse_dns_target(target: Target) -> DnsTarget:
     """Validate a ``dns:``/``dns+srv:`` target; :class:`InvalidTargetError` names the problem."""
     server = _parse_server(target)
@@ -113,7 +117,7 @@ def parse_dns_target(target: Target) -> DnsTarget:
     items = []
     for item in split_list(target):
         try:
-            host, port = split_host_port(item, what="address")
+            host, port = split_host_port(item, default_port=DEFAULT_GRPC_PORT, what="address")
         except InvalidTargetError as exc:
             raise InvalidTargetError(f"target {target.raw!r}: {exc}") from None
         if not is_ip_literal(host):
