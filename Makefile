@@ -78,6 +78,7 @@ test: lint typecheck pytest
 ## bench: the policy benchmark suite, about 8 minutes (JSON + PNG in bench/results)
 bench: init
 	$(PY) -m bench.run_all
+	$(PY) -m bench.figures --write
 
 ## bench-all: the suite plus every other benchmark under bench/ (about 25 minutes)
 bench-all: bench system-deps
@@ -88,6 +89,7 @@ bench-all: bench system-deps
 	$(PY) -m bench.bench_cpu
 	$(PY) -m bench.bench_dns
 	$(PY) -m bench.bench_etcd
+	$(PY) -m bench.figures --write
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
