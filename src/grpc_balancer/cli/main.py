@@ -13,8 +13,7 @@ import json
 import logging
 import os
 import sys
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -27,6 +26,7 @@ from grpc_balancer.cli.observe import (
     Run,
     add_observe_args,
     run_observed,
+    until_interrupted,
     wants_observed_run,
 )
 from grpc_balancer.cli.register import add_register_args, registration_hooks
@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=number(0, MAX_SECONDS),
         default=5.0,
         help="seconds for in-flight calls on stop",
+    )
+    serve.add_argument(
+        "--drain",
+        type=number(0, MAX_SECONDS),
+        default=1.0,
+        metavar="S",
+        help="on stop, after NOT_SERVING: wait until calls stop arriving, at most S s (default 1)",
     )
     _add_fault_args(serve)
     serve.add_argument(
@@ -229,7 +236,12 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     faults = faults_from_args(args)
     reporter = LoadReporter(capacity=faults.max_concurrency) if args.orca else None
     server = GreeterServer(
-        port, args.host, faults=faults, grace_s=args.grace, load_reporter=reporter
+        port,
+        args.host,
+        faults=faults,
+        grace_s=args.grace,
+        drain_delay_s=args.drain,
+        load_reporter=reporter,
     )
     hooks = registration_hooks(args)  # --register: validated before the server starts
     try:
@@ -239,7 +251,12 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     print(f"🚀 Starting the load-balanced gRPC server on :{server.port}...", flush=True)
     try:
-        await serve_forever(server, **hooks)
+        await serve_forever(
+            server,
+            on_started=hooks.get("on_started"),
+            on_stopping=hooks.get("on_stopping"),
+            announce=lambda text: print(text, flush=True),
+        )
     except (OSError, RegistrationError) as exc:
         await server.stop(0)
         print(f"grpc-balancer: error: {exc}", file=sys.stderr)
@@ -251,15 +268,26 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 # -- call ------------------------------------------------------------------------------------------
 async def cmd_call(args: argparse.Namespace) -> int:
     policy = cli_policy(args.policy, args.service_config)
+    config = cli_service_config(args.service_config)
     print("🚀 Running the gRPC client with load balancing...", flush=True)
+    run = Run()
     if wants_observed_run(args):
-        run = await run_observed(args.target, policy, args, args.service_config)
+        done = await until_interrupted(run_observed(args.target, policy, args, config, run))
     else:
-        run = await run_calls(
-            args.target, policy, args.count, args.name, args.timeout, args.service_config
+        done = await until_interrupted(
+            run_calls(args.target, policy, args.count, args.name, args.timeout, config, run)
         )
-    print_distribution(run)
-    return 0 if run.failed == 0 else 1
+    run.interrupted = done.interrupted
+    return print_distribution(run)
+
+
+def cli_service_config(service_config: str | None) -> dict[str, Any]:
+    """The user's service config plus health checking of every backend (the standard
+    grpc.health.v1 service) unless it configures its own: a server stopping gracefully
+    goes NOT_SERVING and gets no new calls, so none is cut off."""
+    raw = dict(load_service_config(service_config).raw) if service_config else {}
+    raw.setdefault("healthCheckConfig", {"serviceName": ""})
+    return raw
 
 
 def cli_policy(policy: str | None, service_config: str | None) -> str | None:
@@ -282,37 +310,43 @@ async def run_calls(
     count: int,
     name: str,
     timeout: float,
-    service_config: str | None = None,
+    service_config: str | Mapping[str, Any] | None = None,
+    run: Run | None = None,
 ) -> Run:
-    """Make ``count`` sequential SayHello calls, printing each reply; count per backend."""
-    counts: Counter[str] = Counter()
-    failed = 0
+    """Make ``count`` sequential SayHello calls, printing each reply; count per backend
+    (into ``run`` as they finish)."""
+    run = Run() if run is None else run
     async with aio.insecure_channel(
         target, policy=policy, service_config=service_config
     ) as channel:
         stub = greeter_pb2_grpc.GreeterStub(channel)
-        # Let every backend connect first, so the replies show the rotation from the start.
-        await channel.wait_for_settled(timeout=min(timeout, 2.0))
-        for _ in range(count):
-            call = stub.SayHello(greeter_pb2.HelloRequest(name=name), timeout=timeout)
-            try:
-                reply = await call
-            except grpc.aio.AioRpcError as err:
-                failed += 1
-                print(
-                    f"Call failed: {err.code().name}: {err.details()}", file=sys.stderr, flush=True
-                )
-                continue
-            print(f"Response from server: {reply.message}", flush=True)
-            counts[call.peer_address or "?"] += 1
-        backends = channel.status().subchannels
-    return Run(counts, failed, backends)
+        try:
+            # Let every backend connect first, so the replies show the rotation from the start.
+            await channel.wait_for_settled(timeout=min(timeout, 2.0))
+            for _ in range(count):
+                call = stub.SayHello(greeter_pb2.HelloRequest(name=name), timeout=timeout)
+                try:
+                    reply = await call
+                except grpc.aio.AioRpcError as err:
+                    run.failed += 1
+                    print(
+                        f"Call failed: {err.code().name}: {err.details()}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    continue
+                print(f"Response from server: {reply.message}", flush=True)
+                run.counts[call.peer_address or "?"] += 1
+        finally:
+            run.backends = channel.status().subchannels
+    return run
 
 
-def print_distribution(run: Run) -> None:
+def print_distribution(run: Run) -> int:
     """Calls per backend in target order, then each backend that could not be reached
-    and why (a run can succeed with one of its backends down)."""
-    counts, failed = run.counts, run.failed
+    and why (a run can succeed with one of its backends down). Returns the exit status:
+    130 if interrupted, 1 if a call failed, else 0."""
+    counts, failed = run.totals()
     total = sum(counts.values()) + failed
     print()
     print(f"{'backend':<28} {'calls':>6} {'share':>7}")
@@ -327,6 +361,10 @@ def print_distribution(run: Run) -> None:
         if failing and not sc.usable and sc.connectivity != "READY":
             why = f": {sc.last_error}" if sc.last_error else ""
             print(f"unreachable: {sc.address} ({sc.connectivity}){why}")
+    if run.interrupted:
+        print(f"interrupted after {total} calls", flush=True)
+        return 130
+    return 0 if failed == 0 else 1
 
 
 # -- demo --------------------------------------------------------------------------------------------
@@ -340,12 +378,16 @@ async def cmd_demo(args: argparse.Namespace) -> int:
         target = "static:///" + ",".join(f"localhost:{s.port}" for s in servers)
         print(f"Target: {target}  policy: {args.policy}", flush=True)
         print("🚀 Running the gRPC client with load balancing...", flush=True)
+        config = cli_service_config(None)
+        run = Run()
         if wants_observed_run(args):
-            run = await run_observed(target, args.policy, args)
+            done = await until_interrupted(run_observed(target, args.policy, args, config, run))
         else:
-            run = await run_calls(target, args.policy, args.count, "World", 5.0)
-        print_distribution(run)
-        return 0 if run.failed == 0 else 1
+            done = await until_interrupted(
+                run_calls(target, args.policy, args.count, "World", 5.0, config, run)
+            )
+        run.interrupted = done.interrupted
+        return print_distribution(run)
     finally:
         for server in servers:
             with contextlib.suppress(Exception):
