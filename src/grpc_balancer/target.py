@@ -105,7 +105,7 @@ def split_host_port(
 
 
 def parse_port(text: str, context: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # "²" and "٣٣" are digits to str.isdigit
         raise InvalidTargetError(f"{context}: port {text!r} is not a number")
     port = int(text)
     if not 1 <= port <= 65535:

@@ -40,7 +40,7 @@ _RETRY_FIELDS = {
 }
 _HEDGING_FIELDS = {"maxAttempts", "hedgingDelay", "nonFatalStatusCodes"}
 _THROTTLING_FIELDS = {"maxTokens", "tokenRatio"}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d{0,9})?|\.\d{1,9})s\s*$")
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]{0,9})?|\.[0-9]{1,9})s\s*$")  # ASCII digits only
 _CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
