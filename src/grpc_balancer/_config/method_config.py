@@ -41,6 +41,11 @@ _RETRY_FIELDS = {
 _HEDGING_FIELDS = {"maxAttempts", "hedgingDelay", "nonFatalStatusCodes"}
 _THROTTLING_FIELDS = {"maxTokens", "tokenRatio"}
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]{0,9})?|\.[0-9]{1,9})s\s*$")  # ASCII digits only
+#: google.protobuf.Duration's largest value (10,000 years), in seconds.
+MAX_DURATION_S = 315_576_000_000.0
+#: Call timeouts are capped here (about 31 years): grpcio fails a call whose deadline
+#: is further away at once, as if it had expired.
+MAX_TIMEOUT_S = 1e9
 _CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -142,11 +147,17 @@ def _method_policy(where: str, entry: Mapping[str, Any]) -> MethodPolicy:
             f"{where}: retryPolicy and hedgingPolicy are mutually exclusive; give one"
         )
     return MethodPolicy(
-        timeout_s=None if timeout is None else parse_duration(f"{where}.timeout", timeout),
+        timeout_s=None if timeout is None else _timeout(f"{where}.timeout", timeout),
         wait_for_ready=wfr,
         retry=None if retry is None else _retry_policy(f"{where}.retryPolicy", retry),
         hedging=None if hedging is None else _hedging_policy(f"{where}.hedgingPolicy", hedging),
     )
+
+
+def _timeout(where: str, raw: Any) -> float:
+    """A call deadline: > 0 (a zero timeout fails every call), and longer than
+    MAX_TIMEOUT_S (grpcio fails such deadlines at once) means no earlier deadline."""
+    return min(parse_duration(where, raw, positive=True), MAX_TIMEOUT_S)
 
 
 def _retry_policy(where: str, raw: Any) -> RetryPolicy:
@@ -154,11 +165,8 @@ def _retry_policy(where: str, raw: Any) -> RetryPolicy:
     for key in sorted(_RETRY_FIELDS):
         if key not in raw:
             raise ServiceConfigError(f"{where}.{key} is required")
-    initial = parse_duration(f"{where}.initialBackoff", raw["initialBackoff"])
-    maximum = parse_duration(f"{where}.maxBackoff", raw["maxBackoff"])
-    for key, value in (("initialBackoff", initial), ("maxBackoff", maximum)):
-        if value <= 0:
-            raise ServiceConfigError(f"{where}.{key} must be > 0s, got {raw[key]!r}")
+    initial = parse_duration(f"{where}.initialBackoff", raw["initialBackoff"], positive=True)
+    maximum = parse_duration(f"{where}.maxBackoff", raw["maxBackoff"], positive=True)
     multiplier = raw["backoffMultiplier"]
     if not _is_number(multiplier) or multiplier <= 0:
         raise ServiceConfigError(
@@ -214,14 +222,27 @@ def _codes(where: str, raw: Any) -> frozenset[grpc.StatusCode]:
     return frozenset(codes)
 
 
-def parse_duration(where: str, raw: Any) -> float:
-    """A protobuf JSON duration (``"1.5s"``) in seconds."""
-    match = _DURATION.match(raw) if isinstance(raw, str) else None
+def parse_duration(where: str, raw: Any, *, positive: bool = False) -> float:
+    """A protobuf JSON duration (``"1.5s"``) in seconds, within a Duration's range
+    (0 to 315,576,000,000 s, about 10,000 years); ``positive``: zero is refused too."""
+    match = _DURATION.match(raw) if isinstance(raw, str) and len(raw) <= 64 else None
     if match is None:
         raise ServiceConfigError(
-            f"{where} must be a duration string like '1.5s' or '0.1s', got {raw!r}"
+            f"{where} must be a duration string like '1.5s' or '0.1s', got {_short(raw)}"
         )
-    return float(match.group(1))
+    seconds = float(match.group(1))
+    if seconds > MAX_DURATION_S:
+        raise ServiceConfigError(
+            f"{where} must be at most {MAX_DURATION_S:.0f}s (a protobuf Duration), got {raw!r}"
+        )
+    if positive and seconds <= 0:
+        raise ServiceConfigError(f"{where} must be > 0s, got {raw!r}")
+    return seconds
+
+
+def _short(raw: Any) -> str:
+    text = repr(raw)
+    return text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
 
 
 def _check_fields(where: str, raw: Any, allowed: set[str]) -> None:
