@@ -201,3 +201,29 @@ async def test_tls_with_a_client_certificate() -> None:
         finally:
             await resolver.close()
             await refused.close()
+
+
+async def test_hostile_values_skip_their_key_and_never_stop_discovery(
+    etcd_node: EtcdCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A port of non-ASCII digits (int() raises) and 100,000 nested brackets
+    (RecursionError) used to stop discovery for every client of the prefix."""
+    caplog.set_level(logging.WARNING, "grpc_balancer.resolvers.etcd")
+    good = "127.0.0.1:2001"
+    etcd_node.etcdctl("put", f"{PREFIX}/{good}", go_value(good))
+    etcd_node.etcdctl("put", f"{PREFIX}/superscript", go_value("127.0.0.1:\u00b2"))
+    etcd_node.etcdctl("put", f"{PREFIX}/nested", "[" * 100_000)
+    rec = Recorder()  # a new client: lists the prefix with both bad keys in it
+    resolver = start_resolver(etcd_node.target(PREFIX), rec)
+    try:
+        await eventually(lambda: rec.addresses == {good})
+        etcd_node.etcdctl("put", f"{PREFIX}/nested2", "{" * 100_000)  # through the watch
+        etcd_node.etcdctl("put", f"{PREFIX}/fine", go_value("127.0.0.1:2003"))
+        await eventually(lambda: rec.addresses == {good, "127.0.0.1:2003"})
+        assert not rec.errors and resolver.listings == 1  # never re-listed
+        warned = " ".join(r.getMessage() for r in caplog.records)
+        for key in ("superscript", "nested", "nested2"):
+            assert f"{PREFIX}/{key}" in warned
+        assert not any(r.exc_info for r in caplog.records)  # no traceback
+    finally:
+        await resolver.close()

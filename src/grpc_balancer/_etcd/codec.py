@@ -33,7 +33,20 @@ def encode_endpoint(address: str, metadata: Mapping[str, Any] | None = None) -> 
 
 
 def decode_endpoint(value: bytes) -> Endpoint | None:
-    """An :class:`Endpoint`, ``None`` for a Go ``Delete`` record, or :class:`BadValueError`."""
+    """An :class:`Endpoint`, ``None`` for a Go ``Delete`` record, or :class:`BadValueError`.
+
+    Whatever is wrong with the value (deep nesting → RecursionError, a port of digits
+    int() refuses, ...) comes out as BadValueError, so one bad key never stops the
+    resolver: it is skipped and the others are used."""
+    try:
+        return _decode(value)
+    except BadValueError:
+        raise
+    except Exception as exc:  # hostile input must never escape as anything else
+        raise BadValueError(f"cannot decode ({type(exc).__name__})") from None
+
+
+def _decode(value: bytes) -> Endpoint | None:
     try:
         record = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
