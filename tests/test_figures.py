@@ -37,9 +37,10 @@ def _tables_outside_blocks(text: str) -> list[str]:
     inside = False
     loose = []
     for line in text.splitlines():
-        if re.match(r"<!-- figures:[\w-]+ -->", line):
+        # ours, and other generators' blocks (bench_cpu --render: <!-- bench_cpu:begin -->)
+        if re.match(r"<!-- (figures:[\w-]+|[\w-]+:begin) -->", line):
             inside = True
-        elif line == "<!-- /figures -->":
+        elif line == "<!-- /figures -->" or re.match(r"<!-- [\w-]+:end -->", line):
             inside = False
         elif line.startswith("|") and not inside:
             loose.append(line)
