@@ -41,6 +41,11 @@ _RETRY_FIELDS = {
 _HEDGING_FIELDS = {"maxAttempts", "hedgingDelay", "nonFatalStatusCodes"}
 _THROTTLING_FIELDS = {"maxTokens", "tokenRatio"}
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]{0,9})?|\.[0-9]{1,9})s\s*$")  # ASCII digits only
+#: The largest integer a float holds exactly; larger JSON integers are refused as numbers.
+MAX_EXACT_INT = 2**53
+#: Documented ranges (README "Service config"): a bigger value means a typo.
+MAX_TOKEN_RATIO = 1000.0
+MAX_BACKOFF_MULTIPLIER = 1000.0
 #: google.protobuf.Duration's largest value (10,000 years), in seconds.
 MAX_DURATION_S = 315_576_000_000.0
 #: Call timeouts are capped here (about 31 years): grpcio fails a call whose deadline
@@ -124,8 +129,10 @@ def parse_retry_throttling(raw: Mapping[str, Any] | None) -> tuple[float, float]
             f"{where}.maxTokens must be an integer in 1..1000, got {max_tokens!r}"
         )
     ratio = raw["tokenRatio"]
-    if not _is_number(ratio) or ratio <= 0:
-        raise ServiceConfigError(f"{where}.tokenRatio must be a number > 0, got {ratio!r}")
+    if not _is_number(ratio) or not 0 < ratio <= MAX_TOKEN_RATIO:
+        raise ServiceConfigError(
+            f"{where}.tokenRatio must be a number in (0, {MAX_TOKEN_RATIO:g}], got {_short(ratio)}"
+        )
     # A6: tokenRatio has at most 3 decimal places.
     return float(max_tokens), math.floor(float(ratio) * 1000) / 1000 or 0.001
 
@@ -168,9 +175,10 @@ def _retry_policy(where: str, raw: Any) -> RetryPolicy:
     initial = parse_duration(f"{where}.initialBackoff", raw["initialBackoff"], positive=True)
     maximum = parse_duration(f"{where}.maxBackoff", raw["maxBackoff"], positive=True)
     multiplier = raw["backoffMultiplier"]
-    if not _is_number(multiplier) or multiplier <= 0:
+    if not _is_number(multiplier) or not 0 < multiplier <= MAX_BACKOFF_MULTIPLIER:
         raise ServiceConfigError(
-            f"{where}.backoffMultiplier must be a number > 0, got {multiplier!r}"
+            f"{where}.backoffMultiplier must be a number in (0, {MAX_BACKOFF_MULTIPLIER:g}], "
+            f"got {_short(multiplier)}"
         )
     codes = _codes(f"{where}.retryableStatusCodes", raw["retryableStatusCodes"])
     if not codes:
@@ -267,4 +275,10 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A JSON number a float holds (no bool, inf or nan; a 400-digit integer, which
+    float() and math.isfinite() refuse with OverflowError, is not one)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) <= MAX_EXACT_INT
+    return isinstance(value, float) and math.isfinite(value)
