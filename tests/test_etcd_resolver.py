@@ -227,3 +227,30 @@ async def test_hostile_values_skip_their_key_and_never_stop_discovery(
         assert not any(r.exc_info for r in caplog.records)  # no traceback
     finally:
         await resolver.close()
+
+
+async def test_an_addr_with_a_newline_is_skipped_and_logged_escaped(
+    etcd_node: EtcdCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Log injection (issue 13.7): hosts are a host name or an IP literal, and an
+    outside string reaches a log line only escaped."""
+    caplog.set_level(logging.DEBUG, "grpc_balancer")
+    good = "127.0.0.1:2001"
+    etcd_node.etcdctl("put", f"{PREFIX}/{good}", go_value(good))
+    for key, addr in [
+        ("newline", "evil\nCRITICAL grpc_balancer: forged:1"),
+        ("nul", "a\x01b:1"),
+        ("space", "a b:1"),
+    ]:
+        etcd_node.etcdctl("put", f"{PREFIX}/{key}", go_value(addr))
+    rec = Recorder()
+    resolver = start_resolver(etcd_node.target(PREFIX), rec)
+    try:
+        await eventually(lambda: rec.addresses == {good})
+        await eventually(lambda: "not a host name or IP address" in caplog.text)
+    finally:
+        await resolver.close()
+    for record in caplog.records:
+        message = record.getMessage()
+        assert "\n" not in message and "\x01" not in message, message
+    assert "\\nCRITICAL" in caplog.text  # shown, escaped

@@ -7,6 +7,7 @@ problem, so a CLI can print it as one line.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from grpc_balancer.errors import InvalidTargetError
@@ -97,6 +98,8 @@ def split_host_port(
         host, port_text = item, None
     if not host:
         raise InvalidTargetError(f"{what} {item!r}: missing host")
+    if not is_valid_host(host):  # no newline, NUL or space ever reaches a log line
+        raise InvalidTargetError(f"{what} {item!r}: {host!r} is not a host name or IP address")
     if port_text is None:
         if default_port is None:
             raise InvalidTargetError(f"{what} {item!r}: missing port (expected host:port)")
@@ -123,6 +126,17 @@ def _check_ipv6(host: str, item: str, what: str) -> None:
 def join_host_port(host: str, port: int) -> str:
     """The dialable form: IPv6 literals get brackets back."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def is_valid_host(host: str) -> bool:
+    """An IP literal or a DNS name of ASCII letters, digits, ``-`` and ``_`` labels."""
+    if is_ip_literal(host):
+        return True
+    return len(host) <= 253 and host.isascii() and _HOSTNAME.fullmatch(host) is not None
 
 
 def is_ip_literal(host: str) -> bool:

@@ -144,7 +144,7 @@ def _parse_server(target: Target) -> tuple[str, int] | None:
 
 
 def _check_hostname(host: str, target: Target) -> None:
-    if len(host) > 253 or not _HOSTNAME.match(host):
+    if len(host) > 253 or not _HOSTNAME.fullmatch(host):  # fullmatch: "$" lets "\n" in
         raise InvalidTargetError(f"target {target.raw!r}: {host!r} is not a valid DNS name")
 
 
