@@ -49,6 +49,23 @@ class ResolverOptions:
     max_refresh_s: float = 300.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        """Never shows a secret: ``extra`` values are shown only for keys that cannot
+        hold one (a password, token, key or credential is ``'***'``)."""
+        shown = {k: "***" if _secret(k) else v for k, v in self.extra.items()}
+        return (
+            f"ResolverOptions(min_refresh_s={self.min_refresh_s!r}, "
+            f"max_refresh_s={self.max_refresh_s!r}, extra={shown!r})"
+        )
+
+
+_SECRET_WORDS = ("pass", "pwd", "secret", "token", "key", "cred", "auth")
+
+
+def _secret(name: object) -> bool:
+    text = str(name).lower()
+    return any(word in text for word in _SECRET_WORDS)
+
 
 ResolverFactory = Callable[[Target, ResolverListener, ResolverOptions], Resolver]
 
