@@ -129,9 +129,9 @@ def parse_retry_throttling(raw: Mapping[str, Any] | None) -> tuple[float, float]
             f"{where}.maxTokens must be an integer in 1..1000, got {max_tokens!r}"
         )
     ratio = raw["tokenRatio"]
-    if not _is_number(ratio) or not 0 < ratio <= MAX_TOKEN_RATIO:
+    if not is_json_number(ratio) or not 0 < ratio <= MAX_TOKEN_RATIO:
         raise ServiceConfigError(
-            f"{where}.tokenRatio must be a number in (0, {MAX_TOKEN_RATIO:g}], got {_short(ratio)}"
+            f"{where}.tokenRatio must be a number in (0, {MAX_TOKEN_RATIO:g}], got {short_repr(ratio)}"
         )
     # A6: tokenRatio has at most 3 decimal places.
     return float(max_tokens), math.floor(float(ratio) * 1000) / 1000 or 0.001
@@ -175,10 +175,10 @@ def _retry_policy(where: str, raw: Any) -> RetryPolicy:
     initial = parse_duration(f"{where}.initialBackoff", raw["initialBackoff"], positive=True)
     maximum = parse_duration(f"{where}.maxBackoff", raw["maxBackoff"], positive=True)
     multiplier = raw["backoffMultiplier"]
-    if not _is_number(multiplier) or not 0 < multiplier <= MAX_BACKOFF_MULTIPLIER:
+    if not is_json_number(multiplier) or not 0 < multiplier <= MAX_BACKOFF_MULTIPLIER:
         raise ServiceConfigError(
             f"{where}.backoffMultiplier must be a number in (0, {MAX_BACKOFF_MULTIPLIER:g}], "
-            f"got {_short(multiplier)}"
+            f"got {short_repr(multiplier)}"
         )
     codes = _codes(f"{where}.retryableStatusCodes", raw["retryableStatusCodes"])
     if not codes:
@@ -236,7 +236,7 @@ def parse_duration(where: str, raw: Any, *, positive: bool = False) -> float:
     match = _DURATION.match(raw) if isinstance(raw, str) and len(raw) <= 64 else None
     if match is None:
         raise ServiceConfigError(
-            f"{where} must be a duration string like '1.5s' or '0.1s', got {_short(raw)}"
+            f"{where} must be a duration string like '1.5s' or '0.1s', got {short_repr(raw)}"
         )
     seconds = float(match.group(1))
     if seconds > MAX_DURATION_S:
@@ -248,7 +248,7 @@ def parse_duration(where: str, raw: Any, *, positive: bool = False) -> float:
     return seconds
 
 
-def _short(raw: Any) -> str:
+def short_repr(raw: Any) -> str:
     text = repr(raw)
     return text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
 
@@ -274,7 +274,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_json_number(value: Any) -> bool:
     """A JSON number a float holds (no bool, inf or nan; a 400-digit integer, which
     float() and math.isfinite() refuse with OverflowError, is not one)."""
     if isinstance(value, bool):

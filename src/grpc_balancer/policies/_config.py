@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from grpc_balancer._config.method_config import _is_number, _short, parse_duration
+from grpc_balancer._config.method_config import is_json_number, parse_duration, short_repr
 from grpc_balancer.errors import ServiceConfigError
 
 #: Every policy number is at most this unless the field says less (README "Policies").
@@ -33,13 +33,15 @@ def number(
         return default
     value = config[name]
     maximum = MAX_NUMBER if maximum is None else maximum
-    if not _is_number(value):
-        raise ServiceConfigError(f"{policy}: {name} must be a number, got {_short(value)}")
+    if not is_json_number(value):
+        raise ServiceConfigError(f"{policy}: {name} must be a number, got {short_repr(value)}")
     if minimum is not None and (value <= minimum if strict_minimum else value < minimum):
         relation = ">" if strict_minimum else ">="
         raise ServiceConfigError(f"{policy}: {name} must be {relation} {minimum}, got {value!r}")
     if value > maximum:
-        raise ServiceConfigError(f"{policy}: {name} must be <= {maximum:g}, got {_short(value)}")
+        raise ServiceConfigError(
+            f"{policy}: {name} must be <= {maximum:g}, got {short_repr(value)}"
+        )
     return float(value)
 
 
