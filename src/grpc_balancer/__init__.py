@@ -18,6 +18,7 @@ from grpc_balancer.errors import (
     InvalidTargetError,
     ServiceConfigError,
     UnknownPolicyError,
+    WrongEventLoopError,
 )
 from grpc_balancer.picker import Picker, PickInfo
 from grpc_balancer.policies.base import BasePolicy, ChannelControl, Policy, register_policy
@@ -61,6 +62,7 @@ __all__ = [
     "SyncBalancedChannel",
     "Target",
     "UnknownPolicyError",
+    "WrongEventLoopError",
     "__version__",
     "aio",
     "capture_backend",

@@ -27,3 +27,9 @@ class ChannelClosedError(RuntimeError, ValueError):
 class ChannelUsedAfterForkError(ChannelClosedError):
     """A sync channel was used in a child process after ``fork()``: its event-loop
     thread and connections exist only in the parent."""
+
+
+class WrongEventLoopError(RuntimeError):
+    """An asyncio channel was used from an event loop other than the one it started on
+    (its connections and tasks belong to that loop). Create the channel inside the loop
+    that uses it, e.g. in the coroutine passed to ``asyncio.run()``."""

@@ -249,11 +249,12 @@ class Subchannel:
         self.stop_watching()
         self.close_transport()
 
-    async def aclose(self) -> None:
-        """Close at once (channel shutdown): stop watching, close the connection."""
+    async def aclose(self, grace: float | None = None) -> None:
+        """Close now (channel shutdown): calls in flight get at most ``grace`` s, then
+        end with CANCELLED; returns once the connection is closed."""
         self._closing = True
         self._usable = False
-        await self.aclose_transport()
+        await self.aclose_transport(grace)
 
     # -- the transport seam: what an aio and a sync subchannel do differently -------------
     # All of it is called on the event loop; whatever the transport does elsewhere
@@ -286,8 +287,8 @@ class Subchannel:
     def close_transport(self) -> None:
         """Close the connection soon, without waiting."""
 
-    async def aclose_transport(self) -> None:
-        """Close the connection now (channel shutdown)."""
+    async def aclose_transport(self, grace: float | None = None) -> None:
+        """Close the connection now (channel shutdown), its calls given ``grace`` s."""
         self.stop_watching()
 
     def __repr__(self) -> str:

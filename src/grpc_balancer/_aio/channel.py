@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,7 +33,11 @@ from grpc_balancer._aio.subchannel import AioSubchannel
 from grpc_balancer._attempts.plan import DEFAULT_BUFFER_LIMIT
 from grpc_balancer._attempts.retry import MethodPolicy, RetryThrottle
 from grpc_balancer._config.method_config import make_throttle
-from grpc_balancer._config.service_config import ServiceConfig, load_service_config
+from grpc_balancer._config.service_config import (
+    ServiceConfig,
+    load_service_config,
+    split_channel_options,
+)
 from grpc_balancer._core.health import HealthChecking
 from grpc_balancer._core.outlier import OutlierDetector
 from grpc_balancer._core.picking import Picking
@@ -42,7 +45,7 @@ from grpc_balancer._core.status import ChannelStatus, channel_status
 from grpc_balancer._observe.events import Event, Observer, emit
 from grpc_balancer._observe.instrument import ChannelInstrument, for_channel
 from grpc_balancer.endpoint import Endpoint
-from grpc_balancer.errors import ChannelClosedError, ServiceConfigError
+from grpc_balancer.errors import ChannelClosedError, ServiceConfigError, WrongEventLoopError
 from grpc_balancer.picker import FailPicker, Picker
 from grpc_balancer.policies.base import Policy, get_policy_factory
 from grpc_balancer.resolvers.base import Resolver, ResolverOptions, get_resolver_factory
@@ -75,21 +78,28 @@ class BalancedChannel(grpc.aio.Channel):
         policy: str | None = None,
         service_config: str | Mapping[str, Any] | None = None,
         options: ChannelOptions | None = None,
+        compression: grpc.Compression | None = None,
         interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
         resolver_options: ResolverOptions | None = None,
     ) -> None:
         self._target: Target = parse_target(target)
         self._resolver_factory = get_resolver_factory(self._target)
+        endpoint_options, service_config, policy = split_channel_options(
+            options, service_config, policy
+        )
         self.config: ServiceConfig = load_service_config(service_config, policy)
         self._policy_factory = get_policy_factory(self.config.policy)
         self._credentials = credentials
+        self._compression = compression
         self._interceptors = list(interceptors or ())
-        self._options = _merge_options(options)
+        self._options = _merge_options(endpoint_options)
         #: Request bytes a streaming call keeps for replays before it commits (gRPC's
         #: ``grpc.per_rpc_retry_buffer_size`` channel option, 256 KiB by default).
         self.retry_buffer_size: int = _retry_buffer_size(self._options)
         self._resolver_options = resolver_options or ResolverOptions()
         self._subchannels: set[Subchannel] = set()
+        #: Removed by the policy but still serving calls (closed when those end).
+        self._draining: set[Subchannel] = set()
         self._state: Connectivity = Connectivity.IDLE
         self._resolver: Resolver | None = None
         self._policy: Policy | None = None
@@ -98,6 +108,7 @@ class BalancedChannel(grpc.aio.Channel):
         #: address -> position in the resolver's latest list (introspection order)
         self._target_order: dict[str, int] = {}
         self._closed = False
+        self._close_done: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         #: retryThrottling's token bucket (None: not configured), shared by all calls.
         self.throttle: RetryThrottle | None = make_throttle(self.config.throttling)
@@ -147,16 +158,50 @@ class BalancedChannel(grpc.aio.Channel):
         self._resolver.start()
 
     def _ensure_started(self) -> None:
+        loop = asyncio.get_running_loop()
         if self._loop is None:
-            self._start(asyncio.get_running_loop())
+            self._start(loop)
         if self._closed:
             raise ChannelClosedError(f"channel for {self._target.raw!r} is closed")
+        if loop is not self._loop:
+            raise self._wrong_loop_error()
+
+    def _wrong_loop_error(self) -> WrongEventLoopError:
+        assert self._loop is not None
+        state = "now closed" if self._loop.is_closed() else "still running elsewhere"
+        return WrongEventLoopError(
+            f"channel for {self._target.raw!r} was used from another event loop than the "
+            f"one it started on ({state}); a grpc_balancer.aio channel belongs to one event "
+            "loop: create it inside the loop that uses it (e.g. in the coroutine passed to "
+            "asyncio.run()), one channel per loop"
+        )
 
     async def close(self, grace: float | None = None) -> None:
-        """Stop resolving, close every subchannel; queued calls fail with CANCELLED."""
-        if self._closed:
+        """grpcio's semantics: new calls are refused at once (ChannelClosedError); calls
+        and streams in flight get at most ``grace`` seconds (None: none), then end with
+        CANCELLED; when this returns, every endpoint channel of the channel is closed."""
+        if self._close_done is not None:
+            await asyncio.shield(self._close_done)
             return
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and loop is not self._loop:
+            if self._loop.is_running():  # in another thread: close it there
+                done = asyncio.run_coroutine_threadsafe(self.close(grace), self._loop)
+                await asyncio.wrap_future(done)
+                return
+            raise self._wrong_loop_error()
         self._closed = True
+        self._close_done = loop.create_future()
+        try:
+            await self._shutdown(grace)
+        finally:
+            self._close_done.set_result(None)
+
+    async def _shutdown(self, grace: float | None) -> None:
+        # Every subchannel, including those the policy removed that still serve calls.
+        subchannels = self._subchannels | {sc for sc in self._draining if sc.in_flight}
+        self._draining = set()
+        # New picks (and calls waiting for a picker) fail with CANCELLED "channel closed".
         self._publish(
             Connectivity.SHUTDOWN, FailPicker(grpc.StatusCode.CANCELLED, "channel closed")
         )
@@ -164,18 +209,16 @@ class BalancedChannel(grpc.aio.Channel):
             call.close_from_channel()
         if self._resolver is not None:
             await self._resolver.close()
-        if self._policy is not None:
-            self._policy.close()
+        # Background streams first (health, ORCA), so the grace is the calls' alone.
         if self._health is not None:
             self._health.close()
         if self._outlier is not None:
             self._outlier.close()
-        if grace:
-            deadline = time.monotonic() + grace
-            while any(sc.in_flight for sc in self._subchannels) and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-        subchannels, self._subchannels = list(self._subchannels), set()
-        await asyncio.gather(*(sc.aclose() for sc in subchannels), return_exceptions=True)
+        if self._policy is not None:
+            self._policy.close()  # removes its subchannels; they are closed below
+        self._subchannels.clear()  # the same set object as picking's
+        # Each endpoint's grpc.aio channel gives its calls `grace`, then cancels them.
+        await asyncio.gather(*(sc.aclose(grace) for sc in subchannels), return_exceptions=True)
         if self.instrument is not None:
             self.instrument.closed()
 
@@ -193,6 +236,8 @@ class BalancedChannel(grpc.aio.Channel):
         return self._state
 
     async def wait_for_state_change(self, last_observed_state: Connectivity) -> None:
+        if self._loop is not None and asyncio.get_running_loop() is not self._loop:
+            raise self._wrong_loop_error()
         while self._state is last_observed_state:
             await self._next_picker()
 
@@ -378,6 +423,7 @@ class BalancedChannel(grpc.aio.Channel):
             inner = grpc.aio.insecure_channel(
                 endpoint.address,
                 options=self.endpoint_options,
+                compression=self._compression,
                 interceptors=self._interceptors or None,
             )
         else:
@@ -385,6 +431,7 @@ class BalancedChannel(grpc.aio.Channel):
                 endpoint.address,
                 self._credentials,
                 options=self.endpoint_options,
+                compression=self._compression,
                 interceptors=self._interceptors or None,
             )
         return AioSubchannel(endpoint, inner, self)
@@ -405,7 +452,12 @@ class BalancedChannel(grpc.aio.Channel):
             self._health.remove(subchannel)
         if self._outlier is not None:
             self._outlier.remove(subchannel)
+        if self._closed:
+            return  # close() closes every subchannel itself, with its grace
         subchannel.shutdown()
+        if subchannel.in_flight:
+            self._draining = {sc for sc in self._draining if sc.in_flight}
+            self._draining.add(subchannel)
 
     def update_picker(self, state: Connectivity, picker: Picker) -> None:
         if not self._closed:
@@ -491,24 +543,29 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 def insecure_channel(
     target: str,
+    options: ChannelOptions | None = None,
+    compression: grpc.Compression | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
     *,
     policy: str | None = None,
     service_config: str | Mapping[str, Any] | None = None,
-    options: ChannelOptions | None = None,
-    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
     resolver_options: ResolverOptions | None = None,
 ) -> BalancedChannel:
     """A plaintext balanced channel, e.g.
     ``insecure_channel("static:///localhost:50051,localhost:50052", policy="round_robin")``.
 
-    Raises a ``ValueError`` subclass (:class:`grpc_balancer.BalancerConfigError`) for a
-    malformed target, an unknown scheme or policy, or a bad service config.
+    ``options``, ``compression`` and ``interceptors`` are grpcio's (given to every
+    endpoint's channel; ``grpc.service_config`` and ``grpc.lb_policy_name`` are read by
+    the balancer). Raises a ``ValueError`` subclass
+    (:class:`grpc_balancer.BalancerConfigError`) for a malformed target, an unknown
+    scheme or policy, or a bad service config.
     """
     return BalancedChannel(
         target,
         policy=policy,
         service_config=service_config,
         options=options,
+        compression=compression,
         interceptors=interceptors,
         resolver_options=resolver_options,
     )
@@ -517,11 +574,12 @@ def insecure_channel(
 def secure_channel(
     target: str,
     credentials: grpc.ChannelCredentials,
+    options: ChannelOptions | None = None,
+    compression: grpc.Compression | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
     *,
     policy: str | None = None,
     service_config: str | Mapping[str, Any] | None = None,
-    options: ChannelOptions | None = None,
-    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
     resolver_options: ResolverOptions | None = None,
 ) -> BalancedChannel:
     """Like :func:`insecure_channel`, with TLS ``credentials`` on every endpoint."""
@@ -531,6 +589,7 @@ def secure_channel(
         policy=policy,
         service_config=service_config,
         options=options,
+        compression=compression,
         interceptors=interceptors,
         resolver_options=resolver_options,
     )

@@ -16,6 +16,9 @@ import grpc.aio
 
 from grpc_balancer.subchannel import PROBE_METHOD, ServerStream, StreamError, Subchannel
 
+#: How long a closing subchannel waits for its watcher to see SHUTDOWN.
+_WATCH_EXIT_S = 0.2
+
 
 class AioSubchannel(Subchannel):
     """A :class:`Subchannel` on a ``grpc.aio.Channel`` (the calls use it too)."""
@@ -35,8 +38,13 @@ class AioSubchannel(Subchannel):
         state = self.channel.get_state(try_to_connect=True)
         self._set_connectivity(state)
         while not self._closing:
-            await self.channel.wait_for_state_change(state)
-            state = self.channel.get_state(try_to_connect=True)
+            try:
+                await self.channel.wait_for_state_change(state)
+                state = self.channel.get_state(try_to_connect=True)
+            except Exception:
+                if self._closing:  # the channel closed under the wait: done
+                    return
+                raise
             self._set_connectivity(state)
 
     def stop_watching(self) -> None:
@@ -75,13 +83,20 @@ class AioSubchannel(Subchannel):
         with contextlib.suppress(Exception):
             await self.channel.close(None)
 
-    async def aclose_transport(self) -> None:
+    async def aclose_transport(self, grace: float | None = None) -> None:
+        """grpcio gives the channel's calls ``grace`` s, then cancels them. Then the
+        watcher sees SHUTDOWN, so its grpc operation completes while this loop runs
+        (not after it, as "Event loop is closed" noise); grpc.aio reports SHUTDOWN only
+        once every call object made on the channel is freed, so the wait is short."""
+        with contextlib.suppress(Exception):
+            await self.channel.close(grace)
         task, self._watch_task = self._watch_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await self.channel.close(None)
+        if task is not None and not task.done():
+            _, pending = await asyncio.wait([task], timeout=_WATCH_EXIT_S)
+            if pending:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
 
 class _AioServerStream:

@@ -7,7 +7,7 @@ is an error that names it, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,3 +165,46 @@ def _health_service(raw: Mapping[str, Any]) -> str | None:
     if not isinstance(name, str):
         raise ServiceConfigError("service config: healthCheckConfig.serviceName must be a string")
     return name
+
+
+#: grpcio channel options that choose the policy and service config. The balancer reads
+#: them itself; the per-endpoint channels never see them (each balances one address).
+SERVICE_CONFIG_OPTION = "grpc.service_config"
+LB_POLICY_OPTION = "grpc.lb_policy_name"
+
+
+def split_channel_options(
+    options: Sequence[tuple[str, Any]] | None,
+    service_config: str | Mapping[str, Any] | None,
+    policy: str | None,
+) -> tuple[list[tuple[str, Any]], str | Mapping[str, Any] | None, str | None]:
+    """``(options for the endpoint channels, service config, policy)``: grpcio's
+    ``("grpc.service_config", json)`` and ``("grpc.lb_policy_name", name)`` options are
+    taken out and read as ``service_config=`` / ``policy=``. Giving one both ways with
+    different values is a :class:`ServiceConfigError`."""
+    rest: list[tuple[str, Any]] = []
+    for item in options or ():
+        key, value = item
+        if key == SERVICE_CONFIG_OPTION:
+            text = value.decode() if isinstance(value, bytes) else value
+            if not isinstance(text, str):
+                raise ServiceConfigError(
+                    f"channel option {SERVICE_CONFIG_OPTION!r} must be a JSON string, "
+                    f"got {type(value).__name__}"
+                )
+            if service_config is not None and _as_mapping(service_config) != _as_mapping(text):
+                raise ServiceConfigError(
+                    f"service_config= and the {SERVICE_CONFIG_OPTION!r} channel option give "
+                    "different service configs; give one of them"
+                )
+            service_config = text
+        elif key == LB_POLICY_OPTION:
+            if policy is not None and policy != value:
+                raise ServiceConfigError(
+                    f"policy={policy!r} disagrees with the {LB_POLICY_OPTION!r} channel "
+                    f"option {value!r}; give one of them"
+                )
+            policy = value
+        else:
+            rest.append((key, value))
+    return rest, service_config, policy

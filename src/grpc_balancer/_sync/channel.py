@@ -59,6 +59,8 @@ StateCallback = Callable[[Connectivity], None]
 
 #: How often a caller blocked on the loop re-checks that the loop is still alive.
 _LIVENESS_S = 1.0
+#: A bound on close() past its grace (it normally takes milliseconds).
+_CLOSE_S = 30.0
 
 
 class _LoopCore(BalancedChannel):
@@ -85,16 +87,18 @@ class _LoopCore(BalancedChannel):
         # A subchannel the policy removed with calls in flight waits for them to end
         # before closing; the channel is closing, so close it now (its calls end
         # CANCELLED), or its connection and grpcio's connectivity poller would stay.
-        await asyncio.gather(*(sc.aclose() for sc in list(self._made)))
+        await asyncio.gather(*(sc.aclose(grace) for sc in list(self._made)))
 
     def make_subchannel(self, endpoint: Endpoint) -> Subchannel:
         """One sync ``grpc.Channel`` per endpoint, with the options an aio one gets:
         calls, connectivity, health and ORCA all share its one connection."""
         options = self.endpoint_options
         if self._sync_credentials is None:
-            inner = grpc.insecure_channel(endpoint.address, options=options)
+            inner = grpc.insecure_channel(endpoint.address, options, self._compression)
         else:
-            inner = grpc.secure_channel(endpoint.address, self._sync_credentials, options=options)
+            inner = grpc.secure_channel(
+                endpoint.address, self._sync_credentials, options, self._compression
+            )
         sc = SyncSubchannel(endpoint, inner, self, call_soon=self._loop_thread.call_soon)
         self._made.add(sc)
         return sc
@@ -127,6 +131,7 @@ class SyncBalancedChannel(grpc.Channel):
         policy: str | None = None,
         service_config: str | Mapping[str, Any] | None = None,
         options: ChannelOptions | None = None,
+        compression: grpc.Compression | None = None,
         resolver_options: ResolverOptions | None = None,
     ) -> None:
         #: Set when the channel must not be used any more (closed, or in a forked child).
@@ -155,6 +160,7 @@ class SyncBalancedChannel(grpc.Channel):
                 policy=policy,
                 service_config=service_config,
                 options=options,
+                compression=compression,
                 resolver_options=resolver_options,
             )
 
@@ -181,31 +187,39 @@ class SyncBalancedChannel(grpc.Channel):
         )
 
     # -- lifecycle -----------------------------------------------------------------------
-    def close(self) -> None:
-        """Stop the loop thread and close every endpoint channel. In-flight calls end
-        with CANCELLED; later calls raise :class:`ChannelClosedError`."""
+    def close(self, grace: float | None = None) -> None:
+        """grpcio's ``close()``: every call and stream in flight ends with CANCELLED at
+        once, every connection is closed and the loop thread stops; later calls raise
+        :class:`ChannelClosedError`. ``grace`` (an extension; seconds) first lets calls
+        in flight run that long, as the asyncio channel's ``close(grace)`` does."""
         with self._lock:
             if self._unusable is not None:
                 return
             self._unusable = (ChannelClosedError, f"channel for {self._target!r} is closed")
         _LIVE.discard(self)
         self._closed_event.set()
-        for call in list(self.live_calls):
-            call.close_from_channel()
+        if not grace:
+            self._end_live_calls()
         if self._thread.in_loop_thread():
-            self._thread.loop.create_task(self._close_and_stop())
+            self._thread.loop.create_task(self._close_and_stop(grace))
             return
         try:
-            self._thread.run(self._core.close(), timeout=30)
+            self._thread.run(self._core.close(grace), timeout=_CLOSE_S + (grace or 0.0))
         except Exception:  # pragma: no cover - a failing close must still stop the thread
             log.exception("%s: error while closing", self._target)
         finally:
+            self._end_live_calls()  # what the grace left running
             self._thread.stop()
 
-    async def _close_and_stop(self) -> None:
+    def _end_live_calls(self) -> None:
+        for call in list(self.live_calls):
+            call.close_from_channel()
+
+    async def _close_and_stop(self, grace: float | None = None) -> None:
         try:
-            await self._core.close()
+            await self._core.close(grace)
         finally:
+            self._end_live_calls()
             self._thread.loop.stop()
 
     def __enter__(self) -> SyncBalancedChannel:
@@ -434,15 +448,18 @@ os.register_at_fork(after_in_child=_mark_forked_children)
 
 def insecure_channel(
     target: str,
+    options: ChannelOptions | None = None,
+    compression: grpc.Compression | None = None,
     *,
     policy: str | None = None,
     service_config: str | Mapping[str, Any] | None = None,
-    options: ChannelOptions | None = None,
     resolver_options: ResolverOptions | None = None,
 ) -> SyncBalancedChannel:
     """A plaintext balanced ``grpc.Channel`` for sync stubs, e.g.
     ``insecure_channel("dns:///greeter.internal:50051", policy="round_robin")``.
 
+    ``options`` and ``compression`` are grpcio's (given to every endpoint's channel;
+    ``grpc.service_config`` and ``grpc.lb_policy_name`` are read by the balancer).
     Raises a ``ValueError`` subclass (:class:`grpc_balancer.BalancerConfigError`) for a
     malformed target, an unknown scheme or policy, or a bad service config.
     """
@@ -451,6 +468,7 @@ def insecure_channel(
         policy=policy,
         service_config=service_config,
         options=options,
+        compression=compression,
         resolver_options=resolver_options,
     )
 
@@ -458,10 +476,11 @@ def insecure_channel(
 def secure_channel(
     target: str,
     credentials: grpc.ChannelCredentials,
+    options: ChannelOptions | None = None,
+    compression: grpc.Compression | None = None,
     *,
     policy: str | None = None,
     service_config: str | Mapping[str, Any] | None = None,
-    options: ChannelOptions | None = None,
     resolver_options: ResolverOptions | None = None,
 ) -> SyncBalancedChannel:
     """Like :func:`insecure_channel`, with TLS ``credentials`` on every endpoint."""
@@ -471,5 +490,6 @@ def secure_channel(
         policy=policy,
         service_config=service_config,
         options=options,
+        compression=compression,
         resolver_options=resolver_options,
     )

@@ -29,6 +29,19 @@ class _Loop(asyncio.SelectorEventLoop):
             return None
         return super().call_soon_threadsafe(callback, *args, context=context)
 
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        # The same poller, running on this loop, hands a completion of another loop
+        # that is already closed (an asyncio.run() that used grpc.aio and ended) back
+        # to that loop, which raises "Event loop is closed": nothing could run it.
+        error = context.get("exception")
+        if (
+            isinstance(error, RuntimeError)
+            and str(error) == "Event loop is closed"
+            and "PollerCompletionQueue" in repr(context.get("handle"))
+        ):
+            return
+        super().call_exception_handler(context)
+
 
 class LoopThread:
     """Start with the constructor; :meth:`stop` cancels what is left and joins."""

@@ -42,6 +42,9 @@ log = logging.getLogger("grpc_balancer._sync.subchannel")
 
 Connectivity = grpc.ChannelConnectivity
 
+#: How often close(grace) looks whether the calls in flight have finished.
+_GRACE_POLL_S = 0.01
+
 #: How long closing waits for a stream's reader thread after cancelling its call.
 _JOIN_S = 5.0
 
@@ -239,9 +242,14 @@ class SyncSubchannel(Subchannel):
         except RuntimeError:  # pragma: no cover - no loop: close at once
             self._close_channel()
 
-    async def aclose_transport(self) -> None:
+    async def aclose_transport(self, grace: float | None = None) -> None:
         with self._lock:
             self._closing = True
+        if grace:  # calls in flight on the channel may run that long
+            loop = asyncio.get_running_loop()
+            end = loop.time() + grace
+            while self.in_flight and loop.time() < end:
+                await asyncio.sleep(min(_GRACE_POLL_S, max(end - loop.time(), 0.0)))
         self.stop_watching()
         await self._close_when_unwatched()
 
