@@ -87,7 +87,7 @@ class _LoopCore(BalancedChannel):
         # A subchannel the policy removed with calls in flight waits for them to end
         # before closing; the channel is closing, so close it now (its calls end
         # CANCELLED), or its connection and grpcio's connectivity poller would stay.
-        await asyncio.gather(*(sc.aclose(grace) for sc in list(self._made)))
+        await asyncio.gather(*(sc.aclose() for sc in list(self._made)))
 
     def make_subchannel(self, endpoint: Endpoint) -> Subchannel:
         """One sync ``grpc.Channel`` per endpoint, with the options an aio one gets:
