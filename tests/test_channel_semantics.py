@@ -131,6 +131,34 @@ async def test_close_grace_is_at_most_grace(channel_kind: str, slow_fleet: Greet
     assert {outcome(r) for r in results} <= expected_cancelled(channel_kind), results
 
 
+async def test_a_call_cancelled_by_close_is_not_retried(
+    channel_kind: str, slow_fleet: GreeterFleet
+) -> None:
+    """Even with CANCELLED retryable: after close() nothing is sent again."""
+    config = {
+        "methodConfig": [
+            {
+                "name": [{"service": "greeter.Greeter"}],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.01s",
+                    "maxBackoff": "0.01s",
+                    "backoffMultiplier": 1,
+                    "retryableStatusCodes": ["CANCELLED"],
+                },
+            }
+        ]
+    }
+    ch = open_channel(channel_kind, slow_fleet.target(), service_config=config)
+    assert await ch.wait_for_settled(15)
+    call = asyncio.ensure_future(ch.stub().SayHello(Req(), timeout=120))
+    await eventually(lambda: servers_busy(slow_fleet) == 1)
+    await ch.close()
+    result = (await asyncio.gather(call, return_exceptions=True))[0]
+    assert outcome(result) in expected_cancelled(channel_kind), result
+    assert servers_busy(slow_fleet) == 1
+
+
 async def test_close_ends_calls_of_an_endpoint_the_resolver_dropped(channel_kind: str) -> None:
     """A removed endpoint keeps serving its calls (draining); close() cancels those too."""
     async with GreeterFleet(2) as fleet:
