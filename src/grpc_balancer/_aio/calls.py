@@ -574,10 +574,9 @@ class _StreamResponse(_Call):
             except asyncio.CancelledError:
                 if _being_cancelled():
                     raise
-                if not attempt.ended:
-                    code, details, trailers, _ = _status_of(attempt.call)
-                    self._end(attempt, code, details, trailers)
-                continue  # cancelled under us (a hedge that lost, close): see what the plan says
+                # Cancelled under us (a hedge that lost, close): its end, as below. (A
+                # `continue` here would read the same cancelled call again, forever.)
+                message = _EOF
             if message is not _EOF:
                 if not plan.done and plan.committed is None:
                     self._run(plan.on_response(attempt))
