@@ -93,7 +93,9 @@ async def test_close_cancels_calls_and_streams_and_closes_every_connection(
     ch = open_channel(channel_kind, slow_fleet.target(), policy="round_robin")
     assert await ch.wait_for_settled(15)
     calls = await start_calls(ch, bidi)
-    await eventually(lambda: servers_busy(slow_fleet) == len(calls))
+    calls = await start_calls(ch, bidi)
+    started = len(calls)
+    await eventually(lambda: servers_busy(slow_fleet) == started)
     assert set(established_to(ports)) == ports
 
     await ch.close()
