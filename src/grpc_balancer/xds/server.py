@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -101,11 +102,17 @@ class XdsServer:
         await self.stop()
 
     async def start(self) -> None:
+        if self.port:
+            _check_free(self.host, self.port)
         await self.sources.apply(self.catalog.config)
-        server = grpc.aio.server()
+        # No SO_REUSEPORT: a second control plane on a busy port must fail, not share it.
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Ads(self), server)
         server.add_generic_rpc_handlers((admin.handler(self),))
-        bound = server.add_insecure_port(f"{self.host}:{self.port}")
+        try:
+            bound = server.add_insecure_port(f"{self.host}:{self.port}")
+        except RuntimeError:
+            bound = 0
         if bound == 0:
             raise OSError(f"cannot listen on {self.host}:{self.port} (is the port in use?)")
         self.port = bound
@@ -250,6 +257,17 @@ class XdsServer:
     def status(self) -> dict[str, Any]:
         """Everything the status view shows, as JSON-ready values."""
         return admin.status(self)
+
+
+def _check_free(host: str, port: int) -> None:
+    """A busy port is one clear error (before grpc logs its own bind failure)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def _build_version(node: Any) -> str:
