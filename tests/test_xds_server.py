@@ -195,3 +195,22 @@ async def test_stop_ends_every_stream_cleanly() -> None:
         assert await asyncio.wait_for(ads.call.read(), 10) is grpc.aio.EOF
         assert await ads.call.code() == grpc.StatusCode.OK
     assert not server.streams
+
+
+async def test_host_names_become_ip_addresses_in_eds() -> None:
+    config = parse_config({"services": {"a": {"target": "static:///localhost:7001,[::1]:7002"}}})
+    async with (
+        XdsServer(config) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        ads = Ads(channel, base_pb2.Node(id="n", user_agent_name="gRPC Go"))
+        await ads.send(ENDPOINTS, ("a",))
+        cla = endpoint_pb2.ClusterLoadAssignment()
+        (await ads.read()).resources[0].Unpack(cla)
+        got = sorted(
+            (e.endpoint.address.socket_address.address, e.endpoint.address.socket_address.port_value)
+            for loc in cla.endpoints for e in loc.lb_endpoints
+        )  # fmt: skip
+        assert got[1] == ("::1", 7002)
+        assert got[0][1] == 7001 and got[0][0] in ("127.0.0.1", "::1")
+        await ads.call.done_writing()
