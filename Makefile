@@ -82,6 +82,7 @@ bench-all: bench system-deps
 	$(PY) -m bench.bench_cpu
 	$(PY) -m bench.bench_dns
 	$(PY) -m bench.bench_etcd
+	$(PY) -m bench.bench_xds
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
