@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from grpc_balancer.xds.delta import DeltaRequest, DeltaResponse, DeltaStreamState
-from grpc_balancer.xds.stream import CLUSTER, ENDPOINTS, LISTENER, ProtocolError
+from grpc_balancer.xds.stream import CLUSTER, ENDPOINTS, ProtocolError
 from tests.test_xds_stream import world
 
 W = world(cds={"a": "1", "b": "1"}, eds={"a": "1", "b": "1"})
