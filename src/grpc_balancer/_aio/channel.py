@@ -95,6 +95,8 @@ class BalancedChannel(grpc.aio.Channel):
         self._policy: Policy | None = None
         self._have_endpoints = False
         self._resolver_error: str | None = None
+        #: address -> position in the resolver's latest list (introspection order)
+        self._target_order: dict[str, int] = {}
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         #: retryThrottling's token bucket (None: not configured), shared by all calls.
@@ -291,9 +293,7 @@ class BalancedChannel(grpc.aio.Channel):
         if not self._have_endpoints:
             return "still resolving"
         subs = ", ".join(
-            f"{sc.address} {sc.describe_problem()}"
-            for sc in sorted(self._subchannels, key=lambda s: s.address)
-            if not sc.usable
+            f"{sc.address} {sc.describe_problem()}" for sc in self.subchannels if not sc.usable
         )
         return subs or "all backends busy"
 
@@ -322,6 +322,10 @@ class BalancedChannel(grpc.aio.Channel):
             log.info("%s: resolver recovered", self._target.raw)
         self._resolver_error = None
         self._have_endpoints = True
+        order: dict[str, int] = {}
+        for i, endpoint in enumerate(endpoints):
+            order.setdefault(endpoint.address, i)
+        self._target_order = order
         log.debug("%s: %d endpoints: %s", self._target.raw, len(endpoints), endpoints)
         if self.instrument is not None:
             self.instrument.resolver_update(endpoints)
@@ -426,7 +430,10 @@ class BalancedChannel(grpc.aio.Channel):
     # -- introspection ---------------------------------------------------------------------------------
     @property
     def subchannels(self) -> list[Subchannel]:
-        return sorted(self._subchannels, key=lambda sc: sc.address)
+        """In the target's order (the resolver's latest list), not sorted as strings."""
+        order = self._target_order
+        last = len(order)
+        return sorted(self._subchannels, key=lambda sc: (order.get(sc.address, last), sc.address))
 
     @property
     def picker(self) -> Picker:
