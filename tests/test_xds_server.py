@@ -210,3 +210,15 @@ async def test_host_names_become_ip_addresses_in_eds() -> None:
         assert got[1] == ("::1", 7002)
         assert got[0][1] == 7001 and got[0][0] in ("127.0.0.1", "::1")
         await ads.call.done_writing()
+
+
+async def test_an_ipv6_host() -> None:
+    async with (
+        XdsServer(two_services(), host="::1") as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        assert server.address.startswith("[::1]:")
+        ads = Ads(channel, base_pb2.Node(id="v6"))
+        await ads.send(CLUSTER, ("a",))
+        assert names(await ads.read(), cluster_pb2.Cluster) == ["a"]
+        await ads.call.done_writing()

@@ -95,7 +95,9 @@ class XdsServer:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        """``host:port`` to dial (an IPv6 host in brackets)."""
+        host = self.host.strip("[]")
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     async def __aenter__(self) -> XdsServer:
         await self.start()
@@ -113,11 +115,11 @@ class XdsServer:
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Ads(self), server)
         server.add_generic_rpc_handlers((admin.handler(self),))
         try:
-            bound = server.add_insecure_port(f"{self.host}:{self.port}")
+            bound = server.add_insecure_port(self.address)
         except RuntimeError:
             bound = 0
         if bound == 0:
-            raise OSError(f"cannot listen on {self.host}:{self.port} (is the port in use?)")
+            raise OSError(f"cannot listen on {self.address} (is the port in use?)")
         self.port = bound
         await server.start()
         self._server = server
@@ -307,7 +309,8 @@ def _check_free(host: str, port: int) -> None:
         try:
             sock.bind((host.strip("[]"), port))
         except OSError as exc:
-            raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            where = f"[{host.strip('[]')}]:{port}" if ":" in host else f"{host}:{port}"
+            raise OSError(f"cannot listen on {where}: {exc.strerror}") from None
 
 
 def _build_version(node: Any) -> str:
