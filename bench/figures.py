@@ -42,6 +42,17 @@ def _ratio(x: float, digits: int = 2) -> str:
     return f"{x:.{digits}f}×"
 
 
+# -- call path --------------------------------------------------------------------------------
+def instructions() -> str:
+    r = _json("instructions")
+    return (
+        "| client instructions per unary RPC (callgrind, aio, concurrency 8) | grpc_balancer "
+        "| grpcio | ratio |\n|---|---|---|---|\n"
+        f"| `{r['command']}`, {r['when']} | {r['ours']:,.0f} | {r['grpcio']:,.0f} "
+        f"| {_ratio(r['ratio'], 3)} |\n"
+    )
+
+
 # -- policies --------------------------------------------------------------------------------
 def policies_summary() -> str:
     s1, s2, s3 = (
@@ -242,6 +253,7 @@ def etcd() -> str:
 
 
 BLOCKS: dict[str, Callable[[], str]] = {
+    "instructions": instructions,
     "policies-summary": policies_summary,
     "policies-results": policies_results,
     "round-robin": round_robin,

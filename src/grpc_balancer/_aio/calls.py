@@ -159,6 +159,13 @@ class _Call:
         self._credentials = credentials
         self._compression = compression
         self._request = request
+        # read on every call's path: instance attributes (a class default would be
+        # looked up through grpc.aio's deep class hierarchy each time)
+        self._timer_at = None
+        self._progress = None
+        self._done_callbacks = None
+        self._waiting_on = None
+        self._requests = None
         if self._kind is Kind.STREAM_UNARY or self._kind is Kind.STREAM_STREAM:
             self._requests = AsyncRequests(request, self._buffered)
         self._plan = AttemptPlan.for_call(
