@@ -89,6 +89,7 @@ bench-all: bench system-deps
 	$(PY) -m bench.bench_cpu
 	$(PY) -m bench.bench_dns
 	$(PY) -m bench.bench_etcd
+	$(PY) -m bench.bench_xds
 	$(PY) -m bench.figures --write
 
 clean:

@@ -31,6 +31,7 @@ from grpc_balancer.cli.observe import (
 )
 from grpc_balancer.cli.register import add_register_args, registration_hooks
 from grpc_balancer.cli.resolve import add_resolve_parser
+from grpc_balancer.cli.xds import add_xds_parser
 from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.demo.server import GreeterServer, serve_forever
 from grpc_balancer.demo.servicer import Faults
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo, timeout=5.0, name="World")
 
     add_resolve_parser(sub)
+    add_xds_parser(sub)
     for subcommand in sub.choices.values():
         _add_logging_args(subcommand, argparse.SUPPRESS)
     return parser
