@@ -12,6 +12,7 @@ in-process greeter servers of the same test keep answering while a test waits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -74,7 +75,57 @@ def require_envoy() -> Path:
         pytest.fail(f"{exc} (`make init` installs it)")
 
 
-class _Child:
+class _Calls:
+    """What every caller records and waits on: one dict per call, in order."""
+
+    kind: str
+
+    @property
+    def calls(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        raise NotImplementedError
+
+    def stderr_tail(self, lines: int = 30) -> str:
+        return ""
+
+    def ports(self, since: int = 0) -> Counter[int]:
+        """Which backend answered each successful call from call index ``since`` on."""
+        return Counter(c["port"] for c in self.calls[since:] if c["ok"])
+
+    def mark(self) -> int:
+        return len(self.calls)
+
+    async def wait(
+        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float, what: str
+    ) -> None:
+        """Until ``predicate(calls)`` holds; fails naming ``what`` and the recent calls."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self.calls):
+            if not self.running:
+                raise AssertionError(f"{self.kind} client exited: {self.stderr_tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{self.kind} client: {what} not seen within {timeout}s; last calls "
+                    f"{self.calls[-5:]}; stderr: {self.stderr_tail(10)}"
+                )
+            await asyncio.sleep(0.05)
+
+    async def wait_ports(self, ports: set[int], since: int, timeout: float = 20.0) -> None:
+        """Until every port in ``ports`` answered a call from index ``since`` on."""
+        await self.wait(
+            lambda calls: ports <= {c.get("port") for c in calls[since:] if c["ok"]},
+            timeout,
+            f"calls answered by every one of {sorted(ports)}",
+        )
+
+    async def wait_calls(self, n: int, since: int, timeout: float = 20.0) -> None:
+        await self.wait(lambda calls: len(calls) >= since + n, timeout, f"{n} calls")
+
+
+class _Child(_Calls):
     """A child process whose stdout is JSON lines (others are kept as text)."""
 
     def __init__(self, argv: Sequence[str], env: dict[str, str], log_path: Path) -> None:
@@ -92,6 +143,10 @@ class _Child:
         self.text: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+
+    @property
+    def calls(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("event") == "call"]
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -144,6 +199,7 @@ class CallClient(_Child):
         interval_ms: int = 20,
         deadline_ms: int = 2000,
         trace: str = "",
+        headers: Sequence[tuple[str, str]] = (),
     ) -> None:
         env = {**os.environ, "GRPC_XDS_BOOTSTRAP_CONFIG": json.dumps(bootstrap)}
         env.pop("GRPC_XDS_BOOTSTRAP", None)
@@ -160,44 +216,9 @@ class CallClient(_Child):
         self.kind = kind
         argv += ["--target", target, "--count", str(count)]
         argv += ["--interval-ms", str(interval_ms), "--deadline-ms", str(deadline_ms)]
+        for key, value in headers:
+            argv += ["--header", f"{key}={value}"]
         super().__init__(argv, env, log_dir / f"{kind}-{time.monotonic_ns()}.log")
-
-    @property
-    def calls(self) -> list[dict[str, Any]]:
-        return [r for r in self.records if r.get("event") == "call"]
-
-    def ports(self, since: int = 0) -> Counter[int]:
-        """Which backend answered each successful call from call index ``since`` on."""
-        return Counter(c["port"] for c in self.calls[since:] if c["ok"])
-
-    def mark(self) -> int:
-        return len(self.calls)
-
-    async def wait(
-        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float, what: str
-    ) -> None:
-        """Until ``predicate(calls)`` holds; fails naming ``what`` and the recent calls."""
-        deadline = time.monotonic() + timeout
-        while not predicate(self.calls):
-            if not self.running:
-                raise AssertionError(f"{self.kind} client exited: {self.stderr_tail()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{self.kind} client: {what} not seen within {timeout}s; last calls "
-                    f"{self.calls[-5:]}; stderr: {self.stderr_tail(10)}"
-                )
-            await asyncio.sleep(0.05)
-
-    async def wait_ports(self, ports: set[int], since: int, timeout: float = 20.0) -> None:
-        """Until every port in ``ports`` answered a call from index ``since`` on."""
-        await self.wait(
-            lambda calls: ports <= {c.get("port") for c in calls[since:] if c["ok"]},
-            timeout,
-            f"calls answered by every one of {sorted(ports)}",
-        )
-
-    async def wait_calls(self, n: int, since: int, timeout: float = 20.0) -> None:
-        await self.wait(lambda calls: len(calls) >= since + n, timeout, f"{n} calls")
 
 
 class EnvoyProxy:
@@ -289,3 +310,61 @@ class EnvoyProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ProxyCaller(_Calls):
+    """Sequential SayHello calls from a plain grpcio channel to a proxy (Envoy) at
+    ``address``, in a task of the running loop; the same records as :class:`CallClient`."""
+
+    kind = "envoy"
+
+    def __init__(
+        self, address: str, *, headers: Sequence[tuple[str, str]] = (), interval_s: float = 0.02
+    ) -> None:
+        import grpc.aio
+
+        from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
+
+        self._channel = grpc.aio.insecure_channel(address)
+        self._stub = greeter_pb2_grpc.GreeterStub(self._channel)
+        self._request = greeter_pb2.HelloRequest(name="envoy")
+        self._metadata = tuple(headers)
+        self._interval_s = interval_s
+        self._records: list[dict[str, Any]] = []
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        import grpc.aio
+
+        i = 0
+        while True:
+            started = time.perf_counter()
+            record: dict[str, Any] = {"event": "call", "i": i}
+            try:
+                reply = await self._stub.SayHello(
+                    self._request, timeout=2.0, metadata=self._metadata
+                )
+            except grpc.aio.AioRpcError as exc:
+                record.update(ok=False, code=exc.code().value[0], details=exc.details())
+            else:
+                port = reply.message.rsplit(":", 1)[1].rstrip(")")
+                record.update(ok=True, port=int(port), message=reply.message)
+            record["t_ms"] = time.time() * 1000
+            record["latency_ms"] = (time.perf_counter() - started) * 1000
+            self._records.append(record)
+            i += 1
+            await asyncio.sleep(self._interval_s)
+
+    @property
+    def calls(self) -> list[dict[str, Any]]:
+        return self._records
+
+    @property
+    def running(self) -> bool:
+        return not self._task.done()
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._channel.close()

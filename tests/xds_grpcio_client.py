@@ -5,7 +5,8 @@ benchmarks read both alike::
 
     GRPC_XDS_BOOTSTRAP_CONFIG='{...}' python -m tests.xds_grpcio_client --target xds:///greeter
 
-``--count 0`` calls until stdin closes or SIGTERM. Calls are sequential.
+``--count 0`` calls until stdin closes or SIGTERM; ``--header K=V`` adds request metadata.
+Calls are sequential.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval-ms", type=float, default=0.0)
     parser.add_argument("--deadline-ms", type=float, default=2000.0)
     parser.add_argument("--name", default="grpcio")
+    parser.add_argument("--header", action="append", default=[], help="KEY=VALUE metadata")
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     channel = grpc.insecure_channel(args.target)
     stub = greeter_pb2_grpc.GreeterStub(channel)
     request = greeter_pb2.HelloRequest(name=args.name)
+    metadata = tuple(tuple(h.split("=", 1)) for h in args.header)
     emit({"event": "start", "target": args.target, "grpcio": grpc.__version__})
     calls = ok = 0
     while not stop.is_set() and (args.count == 0 or calls < args.count):
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         record: dict[str, Any] = {"event": "call", "i": i}
         try:
-            reply = stub.SayHello(request, timeout=args.deadline_ms / 1000)
+            reply = stub.SayHello(request, timeout=args.deadline_ms / 1000, metadata=metadata)
         except grpc.RpcError as exc:
             record.update(ok=False, code=exc.code().value[0], details=exc.details())  # type: ignore[attr-defined]
         else:

@@ -13,7 +13,8 @@
 //
 // Options: --target URI (required), --count N (0: until stdin closes or SIGTERM),
 // --interval-ms M (pause between calls, default 0), --deadline-ms D (per call, default
-// 2000), --name NAME (the request's name), --proto PATH (greeter.proto).
+// 2000), --name NAME (the request's name), --proto PATH (greeter.proto), --header K=V
+// (request metadata, repeatable: e.g. the header a ring_hash route hashes).
 // Calls are sequential: one in flight, so each line is the client's choice at that time.
 "use strict";
 
@@ -30,6 +31,7 @@ function parseArgs(argv) {
     intervalMs: 0,
     deadlineMs: 2000,
     name: "grpc-js",
+    headers: [],
     proto: path.join(__dirname, "..", "..", "src", "grpc_balancer", "demo", "greeter.proto"),
   };
   for (let i = 0; i < argv.length; i += 2) {
@@ -43,6 +45,12 @@ function parseArgs(argv) {
       case "--deadline-ms": opts.deadlineMs = Number(value); break;
       case "--name": opts.name = value; break;
       case "--proto": opts.proto = value; break;
+      case "--header": {
+        const eq = value.indexOf("=");
+        if (eq < 1) throw new Error(`--header wants KEY=VALUE, got ${value}`);
+        opts.headers.push([value.slice(0, eq), value.slice(eq + 1)]);
+        break;
+      }
       default: throw new Error(`unknown option ${key}`);
     }
   }
@@ -69,6 +77,9 @@ async function main() {
   const Greeter = grpc.loadPackageDefinition(definition).greeter.Greeter;
   const client = new Greeter(opts.target, grpc.credentials.createInsecure());
 
+  const metadata = new grpc.Metadata();
+  for (const [key, value] of opts.headers) metadata.add(key, value);
+
   let stopping = false;
   const stop = () => { stopping = true; };
   process.on("SIGTERM", stop);
@@ -87,7 +98,7 @@ async function main() {
     const started = performance.now();
     const deadline = new Date(Date.now() + opts.deadlineMs);
     const result = await new Promise((resolve) => {
-      client.SayHello({ name: opts.name }, { deadline }, (err, reply) => {
+      client.SayHello({ name: opts.name }, metadata, { deadline }, (err, reply) => {
         resolve({ err, reply });
       });
     });
