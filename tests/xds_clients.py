@@ -179,6 +179,9 @@ class _Child(_Calls):
                 self.proc.kill()
                 self.proc.wait(5)
         self._reader.join(5)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
         self._log.close()
 
 
