@@ -34,6 +34,9 @@ LAZY = (
     "rich",
     "prometheus_client",
     "opentelemetry",
+    "grpc_balancer.xds",
+    "envoy",
+    "udpa",
 )
 
 #: Every .proto of ours, by the path it registers under (and the bare name it once had).
@@ -145,6 +148,8 @@ def test_channels_and_calls_with_builtin_policies_stay_lean() -> None:
         ("import grpc_balancer.metrics; grpc_balancer.metrics.enable()", {"prometheus_client"}),
         ("import grpc_balancer.otel", {"grpc_balancer.metrics", "opentelemetry"}),
         ("import grpc_balancer.cli.live", {"rich"}),
+        ("import grpc_balancer.xds", {"grpc_balancer.xds"}),
+        ("from grpc_balancer.xds.server import XdsServer", {"grpc_balancer.xds", "envoy"}),
         ("import grpc_balancer.demo.server", {"grpc_balancer.demo", "grpc_reflection.v1alpha"}),
     ],
 )
@@ -158,6 +163,8 @@ def test_each_optional_module_loads_on_first_use(first_use: str, loads: set[str]
         "grpc_balancer/_orca/orca.proto", "rpc.proto", "kv.proto", "auth.proto"
     }  # fmt: skip
     assert "greeter.HelloRequest" not in report["symbols"]
+    if first_use == "import grpc_balancer.xds":  # the config and bootstrap need no protos
+        assert "envoy" not in roots, report
 
 
 def test_a_users_registration_wins_over_a_lazily_loaded_builtin() -> None:

@@ -23,6 +23,7 @@ from grpc_balancer import aio
 from grpc_balancer.cli.observe import add_observe_args, run_observed, wants_observed_run
 from grpc_balancer.cli.register import add_register_args, registration_hooks
 from grpc_balancer.cli.resolve import add_resolve_parser
+from grpc_balancer.cli.xds import add_xds_parser
 from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.demo.server import GreeterServer, serve_forever
 from grpc_balancer.demo.servicer import Faults
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo, timeout=5.0, name="World")
 
     add_resolve_parser(sub)
+    add_xds_parser(sub)
     return parser
 
 
