@@ -24,6 +24,7 @@ from typing import Any
 from grpc_balancer._config.method_config import parse_duration, parse_method_config
 from grpc_balancer._config.service_config import load_service_config
 from grpc_balancer.errors import BalancerConfigError
+from grpc_balancer.resolvers.base import get_resolver_factory
 from grpc_balancer.target import parse_target
 from grpc_balancer.xds.model import (
     ALIASES,
@@ -115,7 +116,7 @@ def _service(where: str, name: str, body: Any) -> ServiceSpec:
     if not isinstance(target, str) or not target:
         raise XdsConfigError(f"{where}.target is required: a target URI such as 'static:///h:p'")
     try:
-        parse_target(target)
+        get_resolver_factory(parse_target(target))  # an unknown scheme is an error now
     except BalancerConfigError as exc:
         raise XdsConfigError(f"{where}.target: {exc}") from None
     sc = body.get("service_config", {})
@@ -161,7 +162,7 @@ def _service(where: str, name: str, body: Any) -> ServiceSpec:
         target=target,
         policy=policies[0],
         alternatives=policies[1:],
-        routes=_routes(sc.get("methodConfig", [])),
+        routes=_routes(f"{where}.service_config.methodConfig", sc.get("methodConfig", [])),
         hash_header=hash_header,
         outlier=parsed.outlier,
         max_requests=parsed.max_requests_per_backend,
@@ -205,7 +206,10 @@ def _policy_config(where: str, name: str, cfg: Any) -> None:
             continue
         value = cfg[key]
         if kind == "duration":
-            parse_duration(f"{where}.{key}", value)
+            try:
+                parse_duration(f"{where}.{key}", value)
+            except BalancerConfigError as exc:
+                raise XdsConfigError(str(exc)) from None
         elif kind == "bool":
             if not isinstance(value, bool):
                 raise XdsConfigError(f"{where}.{key} must be a boolean, got {value!r}")
@@ -220,20 +224,39 @@ def _policy_config(where: str, name: str, cfg: Any) -> None:
             raise XdsConfigError(f"{where}.{key} must be a number >= 0, got {value!r}")
 
 
-def _routes(method_config: Any) -> tuple[RouteSpec, ...]:
+#: The status codes a route's retry_on can name (gRFC A44).
+RETRYABLE = frozenset(
+    {"CANCELLED", "DEADLINE_EXCEEDED", "INTERNAL", "RESOURCE_EXHAUSTED", "UNAVAILABLE"}
+)
+
+
+def _routes(where: str, method_config: Any) -> tuple[RouteSpec, ...]:
     """One route per name in methodConfig (exact methods first, the default last)."""
     exact: list[RouteSpec] = []
     services: list[RouteSpec] = []
     default = RouteSpec()
-    for entry in method_config:
+    for i, entry in enumerate(method_config):
         table = parse_method_config([entry])  # checked already; the entry alone
+        if entry.get("hedgingPolicy") is not None:
+            raise XdsConfigError(
+                f"{where}[{i}].hedgingPolicy has no xDS route equivalent; remove it"
+            )
+        if entry.get("waitForReady") is not None:
+            raise XdsConfigError(
+                f"{where}[{i}].waitForReady has no xDS route equivalent; remove it"
+            )
         for name in entry["name"]:
             service, method = name.get("service", ""), name.get("method", "")
             policy = table.lookup(f"/{service}/{method or '-'}")
-            if entry.get("hedgingPolicy") is not None:
-                raise XdsConfigError(
-                    "service_config.methodConfig: hedgingPolicy has no xDS route equivalent"
+            if policy is not None and policy.retry is not None:
+                odd = sorted(
+                    c.name for c in policy.retry.retryable_codes if c.name not in RETRYABLE
                 )
+                if odd:
+                    raise XdsConfigError(
+                        f"{where}[{i}].retryPolicy.retryableStatusCodes: xDS routes retry only "
+                        f"on {', '.join(sorted(RETRYABLE))}, not {', '.join(odd)}"
+                    )
             spec = RouteSpec(
                 service=service,
                 method=method,
