@@ -264,3 +264,34 @@ async def test_control_plane_restart_clients_keep_working_and_resubscribe(
             await client.wait_calls(30, since=mark)
             counts = client.ports(since=mark)
             assert set(counts) == set(fleet.ports[:2]), counts
+
+
+def test_cli_envoy_bootstrap_is_valid_for_envoy(tmp_path: Path) -> None:
+    """``grpc-balancer xds bootstrap --envoy`` prints what Envoy's own validator accepts."""
+    import json
+    import subprocess
+    import sys
+
+    from grpc_balancer.xds.envoy import envoy_bootstrap
+    from tests.xds_clients import require_envoy
+
+    envoy = require_envoy()
+    argv = [sys.executable, "-m", "grpc_balancer", "xds", "bootstrap", "--envoy"]
+    argv += ["--server", "127.0.0.1:18000", "--node-id", "edge-1"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
+    boot = json.loads(out)
+    assert boot == envoy_bootstrap("127.0.0.1:18000", "edge-1")
+    assert boot["dynamic_resources"]["lds_config"] == {"ads": {}, "resource_api_version": "V3"}
+    path = tmp_path / "envoy.json"
+    path.write_text(out)
+    check = subprocess.run(
+        [str(envoy), "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0 and "OK" in check.stdout + check.stderr, check
+    bad = subprocess.run(
+        [*argv[:6], "--server", "no-port"], capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
