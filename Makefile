@@ -83,7 +83,7 @@ bench: init
 	$(PY) -m bench.run_all
 
 ## bench-all: the suite plus every other benchmark under bench/ (about 25 minutes)
-bench-all: bench system-deps
+bench-all: bench system-deps js-deps
 	$(PY) -m bench.bench_round_robin
 	$(PY) -m bench.bench_failover
 	$(PY) -m bench.bench_metrics
@@ -91,6 +91,7 @@ bench-all: bench system-deps
 	$(PY) -m bench.bench_cpu
 	$(PY) -m bench.bench_dns
 	$(PY) -m bench.bench_etcd
+	$(PY) -m bench.bench_xds_clients
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(JS_DIR)/node_modules
