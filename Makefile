@@ -8,7 +8,7 @@ TARGET ?= static:///localhost:50051,localhost:50052
 POLICY ?= round_robin
 PROTO_DIR := src/grpc_balancer/demo
 
-.PHONY: init generate run-server run-client demo test lint typecheck pytest bench bench-all system-deps js-deps clean
+.PHONY: init generate generate-into run-server run-client demo test lint typecheck pytest bench bench-all system-deps js-deps clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -27,14 +27,20 @@ init: $(VENV)/.stamp-installed
 # and the generated code imports grpc_balancer.demo.greeter_pb2. The greeter keeps
 # package greeter (wire name /greeter.Greeter/SayHello), so its descriptors go to a
 # private pool: a user's own greeter.HelloRequest can live in the default pool.
+# The output is committed as protoc writes it (ruff and mypy skip generated code), so
+# the tree stays clean; tests/test_generated.py regenerates into a temporary directory.
 generate: init
-	$(PY) -m grpc_tools.protoc -Isrc --python_out=src --pyi_out=src --grpc_python_out=src \
-		src/grpc_balancer/demo/greeter.proto
-	$(PY) -m grpc_tools.protoc -Isrc --python_out=src --pyi_out=src \
+	$(MAKE) --no-print-directory generate-into GEN_OUT=src PY=$(PY)
+
+GEN_OUT ?= src
+generate-into:
+	$(PY) -m grpc_tools.protoc -Isrc --python_out=$(GEN_OUT) --pyi_out=$(GEN_OUT) \
+		--grpc_python_out=$(GEN_OUT) src/grpc_balancer/demo/greeter.proto
+	$(PY) -m grpc_tools.protoc -Isrc --python_out=$(GEN_OUT) --pyi_out=$(GEN_OUT) \
 		src/grpc_balancer/_orca/orca.proto
 	sed -i 's/^DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(/# A private pool, not the default one: see `make generate`.\nPOOL = _descriptor_pool.DescriptorPool()\nDESCRIPTOR = POOL.AddSerializedFile(/' \
-		$(PROTO_DIR)/greeter_pb2.py
-	grep -q '^DESCRIPTOR = POOL.AddSerializedFile(' $(PROTO_DIR)/greeter_pb2.py
+		$(GEN_OUT)/grpc_balancer/demo/greeter_pb2.py
+	grep -q '^DESCRIPTOR = POOL.AddSerializedFile(' $(GEN_OUT)/grpc_balancer/demo/greeter_pb2.py
 
 ## run-server: one greeter server on $$SERVER_PORT (default 50051)
 run-server: init
@@ -81,6 +87,7 @@ test: lint typecheck pytest
 ## bench: the policy benchmark suite, about 8 minutes (JSON + PNG in bench/results)
 bench: init
 	$(PY) -m bench.run_all
+	$(PY) -m bench.figures --write
 
 ## bench-all: the suite plus every other benchmark under bench/ (about 25 minutes)
 bench-all: bench system-deps js-deps
@@ -92,6 +99,7 @@ bench-all: bench system-deps js-deps
 	$(PY) -m bench.bench_dns
 	$(PY) -m bench.bench_etcd
 	$(PY) -m bench.bench_xds_clients
+	$(PY) -m bench.figures --write
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(JS_DIR)/node_modules

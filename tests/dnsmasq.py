@@ -4,7 +4,8 @@ A records live in files under a ``--hostsdir`` (dnsmasq re-reads them by itself 
 inotify, so they can change mid-test). SRV records come from a conf file, which
 dnsmasq never re-reads: :meth:`DnsmasqServer.set_srv` restarts it on the same port.
 Names under ``.test`` are local-only, so an unknown one is NXDOMAIN; any other name
-is REFUSED (no upstream servers), which the resolver must treat as an error.
+is REFUSED (no upstream servers), which the resolver must treat as an error. With
+``local=False`` even a ``.test`` name's missing record type (AAAA) is REFUSED.
 """
 
 from __future__ import annotations
@@ -31,9 +32,12 @@ DOMAIN = "test"
 class DnsmasqServer:
     """One dnsmasq process; a context manager that always kills it."""
 
-    def __init__(self, workdir: Path, ttl: int = 1) -> None:
+    def __init__(self, workdir: Path, ttl: int = 1, *, local: bool = True) -> None:
         self.workdir = workdir
         self.ttl = ttl
+        #: False: no ``--local=/test/`` line, so dnsmasq answers only the record types it
+        #: has and REFUSES the rest (an A-only name's AAAA query), as some resolvers do.
+        self.local = local
         self.hostsdir = workdir / "hosts"
         self.hostsdir.mkdir(parents=True, exist_ok=True)
         self.conf = workdir / "dnsmasq.conf"
@@ -85,7 +89,7 @@ class DnsmasqServer:
             "--no-hosts",
             f"--hostsdir={self.hostsdir}",
             f"--local-ttl={self.ttl}",
-            f"--local=/{DOMAIN}/",
+            *([f"--local=/{DOMAIN}/"] if self.local else []),
             f"--conf-file={self.conf}",
             f"--user={pwd.getpwuid(os.getuid()).pw_name}",
             "--pid-file=",

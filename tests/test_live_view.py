@@ -44,7 +44,7 @@ async def test_live_view_shows_one_row_per_backend_with_counts() -> None:
                 await run_load(ch, stats, _args(30, concurrency=3))
             assert stats.done == 30
             table = rows(ch, stats)
-            assert [r.backend for r in table] == sorted(fleet.addresses)
+            assert [r.backend for r in table] == fleet.addresses  # target order
             assert sum(r.calls for r in table) == 30
             bad = fleet.addresses[2]
             for row in table:
@@ -168,3 +168,29 @@ def test_bad_observe_options_are_one_line_and_exit_2(args: list[str], message: s
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_live_view_at_80_columns_keeps_the_addresses_whole(fleet3: GreeterFleet) -> None:
+    addresses = [f"localhost:{port}" for port in fleet3.ports]
+    target = "static:///" + ",".join(addresses)
+    async with grpc_balancer.aio.insecure_channel(target, policy="round_robin") as ch:
+        assert await ch.wait_for_settled(10)
+        stats = CallStats()
+        console = Console(record=True, force_terminal=True, width=80, file=io.StringIO())
+        async with LiveView(ch, stats, 30, console=console, refresh_per_second=20):
+            await run_load(ch, stats, _args(30, concurrency=3))
+        still = Console(record=True, force_terminal=True, width=80, file=io.StringIO())
+        still.print(render(ch, stats, 30, console.width))
+    frames = console.export_text()  # every refresh, run together
+    assert all(f"│ {address} │" in frames for address in addresses), frames
+    text = still.export_text()
+    lines = text.splitlines()
+    assert all(len(line) <= 80 for line in lines), text
+    body = [ln for ln in lines if ln.startswith("│")]
+    for address in addresses:  # one row each, the address unwrapped and uncut
+        assert sum(ln.startswith(f"│ {address} │") for ln in body) == 1, text
+    assert len(body) == 3 and "…" not in "".join(body), text
+    title = next(ln for ln in lines if "policy round_robin" in ln)
+    assert "static:///" in title  # the title is one line (cut with … if need be)
+    head = next(ln for ln in lines if "backend" in ln)
+    assert "state" in head and "share" in head and "calls" in head and "failed" in head

@@ -160,7 +160,10 @@ def _with_retry(**changes: Any) -> dict[str, Any]:
         (_with_retry(maxAttempts="3"), r"retryPolicy\.maxAttempts must be an integer"),
         (_with_retry(initialBackoff="1"), r"retryPolicy\.initialBackoff must be a duration"),
         (_with_retry(initialBackoff="0s"), r"retryPolicy\.initialBackoff must be > 0s"),
-        (_with_retry(backoffMultiplier=0), r"retryPolicy\.backoffMultiplier must be a number > 0"),
+        (
+            _with_retry(backoffMultiplier=0),
+            r"retryPolicy\.backoffMultiplier must be a number in \(0, 1000\]",
+        ),
         (_with_retry(retryableStatusCodes=[]), r"retryableStatusCodes must not be empty"),
         (_with_retry(retryableStatusCodes=["UNAVAILBLE"]), r"'UNAVAILBLE' is not a gRPC status"),
         (_with_retry(retryableStatusCodes="UNAVAILABLE"), r"retryableStatusCodes must be a list"),
@@ -228,7 +231,7 @@ def _with_retry(**changes: Any) -> dict[str, Any]:
         ),
         (
             {"retryThrottling": {"maxTokens": 10, "tokenRatio": -1}},
-            r"retryThrottling\.tokenRatio must be a number > 0",
+            r"retryThrottling\.tokenRatio must be a number in \(0, 1000\]",
         ),
         (
             {"retryThrottling": {"maxTokens": 10, "tokenRatio": 1, "x": 1}},

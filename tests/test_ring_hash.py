@@ -138,3 +138,12 @@ def test_config_errors_name_the_field(config: dict[str, object], field: str) -> 
         aio.insecure_channel(
             "static:///127.0.0.1:1", service_config={"loadBalancingConfig": [{"ring_hash": config}]}
         )
+
+
+@pytest.mark.parametrize("key", [1.5, None, True, ["a"]])
+def test_hash_key_names_the_accepted_types(key: object) -> None:
+    with (
+        pytest.raises(TypeError, match=r"hash_key: the key must be a str, bytes or int, got "),
+        grpc_balancer.hash_key(key),  # type: ignore[arg-type]
+    ):
+        pass

@@ -24,7 +24,7 @@ async def test_status_reflects_a_killed_backend() -> None:
             assert status.policy == "round_robin"
             assert status.state == "READY"
             assert status.resolver_state == RESOLVED and status.resolver_error is None
-            assert [s.address for s in status.subchannels] == sorted(fleet.addresses)
+            assert [s.address for s in status.subchannels] == fleet.addresses  # target order
             for sc in status.subchannels:
                 assert (sc.connectivity, sc.health, sc.ejected, sc.usable) == (
                     "READY",
@@ -96,7 +96,7 @@ def test_sync_channel_status_and_backend_series() -> None:
                 stub.SayHello(greeter_pb2.HelloRequest(name="sync"), timeout=10)
             status = ch.status()
             assert status.target == fleet.target() and status.state == "READY"
-            assert [s.address for s in status.subchannels] == sorted(fleet.addresses)
+            assert [s.address for s in status.subchannels] == fleet.addresses  # target order
             assert sum(s.calls_started for s in status.subchannels) == 6
 
             def attempts() -> float:
@@ -136,3 +136,46 @@ async def test_status_shows_the_weights_in_use(fleet3: GreeterFleet, policy: str
     if policy == "weighted_round_robin":
         expected[fleet3.addresses[2]] = 1e-9  # "rarely", as the policy uses it
     assert got == expected
+
+
+async def test_status_and_live_rows_follow_the_target_order(fleet3: GreeterFleet) -> None:
+    from grpc_balancer.cli.live import CallStats, rows
+
+    order = sorted(fleet3.addresses, reverse=True)
+    order = [*order[1:], order[0]]  # neither sorted nor reverse-sorted
+    async with grpc_balancer.aio.insecure_channel(
+        "static:///" + ",".join(order), policy="round_robin"
+    ) as ch:
+        assert await ch.wait_for_settled(10)
+        assert [s.address for s in ch.status().subchannels] == order
+        assert [sc.address for sc in ch.subchannels] == order
+        assert [row.backend for row in rows(ch, CallStats())] == order
+
+
+def test_status_table_columns_stay_aligned() -> None:
+    from grpc_balancer._core.status import ChannelStatus, SubchannelStatus
+
+    def backend(address: str, weight: float, latency: float | None) -> SubchannelStatus:
+        return SubchannelStatus(
+            address, "READY", "SERVING", False, True, 3, 120, 1, latency, weight, ""
+        )
+
+    status = ChannelStatus(
+        "static:///x",
+        "READY",
+        "weighted_round_robin",
+        RESOLVED,
+        None,
+        (
+            backend("127.0.0.1:50051", 1.0, 1.25),
+            backend("[2001:db8:1234:5678::abcd]:50052", 0.000123456, None),
+            backend("h:1", 65535.0, 12345.678),
+            backend("h:2", 1234.5678, 0.5),
+        ),
+    )
+    header, *rows = format_status(status).splitlines()[2:]
+    end = header.index("  last error")
+    for row in rows:
+        assert row[end : end + 2] == "  " and row[end - 1] != " ", (header, row)
+        float(row[:end].split()[-1])  # the weight ends exactly under the header
+    assert len({row.index(" READY") for row in rows}) == 1  # backend column: one width

@@ -1,7 +1,8 @@
-"""``python -m grpc_balancer`` runs the CLI."""
-
 import sys
 
-from grpc_balancer.cli import main
+try:
+    from grpc_balancer.cli import main
+except KeyboardInterrupt:  # Ctrl-C while the package itself loads
+    sys.exit(130)
 
 sys.exit(main())

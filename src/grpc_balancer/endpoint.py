@@ -26,8 +26,11 @@ class Endpoint:
     metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, hash=False)
 
     def __post_init__(self) -> None:
-        if self.weight < 0:
-            raise ValueError(f"endpoint {self.address}: weight must be >= 0, got {self.weight}")
+        if not 0 <= self.weight <= 2**32 - 1:  # gRPC weights are uint32
+            raise ValueError(
+                f"endpoint {self.address}: weight must be in 0..4294967295, "
+                f"got {str(self.weight)[:20]}"
+            )
 
     def __repr__(self) -> str:
         extra = ""

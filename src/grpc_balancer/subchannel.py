@@ -1,18 +1,23 @@
-"""A subchannel: one grpc.aio channel to one endpoint, plus everything the policies
-read about it (connectivity, health, ejection, in-flight calls, latency estimate).
+"""A subchannel: one connection to one endpoint, plus everything the policies read
+about it (connectivity, health, ejection, in-flight calls, latency estimate).
 
-Connectivity is followed with ``get_state`` / ``wait_for_state_change`` in one small
-task per subchannel; every change is reported to the listener (the channel), which
-hands it to the policy, which publishes a new picker.
+Every decision lives here, on the event loop; what differs between the asyncio and
+the sync channel is a small *transport seam* — how connectivity is watched, how the
+failure reason is probed, how a server stream (health ``Watch``, ORCA out-of-band) is
+opened, how the connection is closed. :class:`grpc_balancer._aio.subchannel.AioSubchannel`
+implements it on a ``grpc.aio.Channel``, :class:`grpc_balancer._sync.subchannel.SyncSubchannel`
+on the very ``grpc.Channel`` its calls use (one connection per endpoint, as grpcio).
+
+Every connectivity change is reported to the listener (the channel), which hands it
+to the policy, which publishes a new picker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -30,7 +35,8 @@ HEALTH_UNCHECKED = "UNCHECKED"
 HEALTH_UNKNOWN = "UNKNOWN"
 HEALTH_SERVING = "SERVING"
 
-_PROBE_METHOD = "/grpc_balancer.internal.Probe/LastError"
+#: The method of the failure probe: no server has it; only the status matters.
+PROBE_METHOD = "/grpc_balancer.internal.Probe/LastError"
 
 ChannelOptions = Sequence[tuple[str, Any]]
 
@@ -39,13 +45,37 @@ class SubchannelListener(Protocol):
     def on_subchannel_state(self, subchannel: Subchannel) -> None: ...
 
 
+class StreamError(Exception):
+    """A server stream opened with :meth:`Subchannel.open_server_stream` ended with a
+    status other than OK (either transport's error, as one type)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class ServerStream(Protocol):
+    """The responses of one server-streaming call, read on the event loop: iteration
+    ends at an OK status and raises :class:`StreamError` at any other."""
+
+    def __aiter__(self) -> AsyncIterator[Any]: ...
+
+    def cancel(self) -> None:
+        """Stop the call (idempotent; safe after it ended)."""
+
+
 class Subchannel:
     """State and counters for one endpoint. Mutated only on the event loop."""
+
+    #: The connection: a ``grpc.aio.Channel`` (asyncio channel) or a ``grpc.Channel``
+    #: (sync channel); only the transport methods below use it.
+    channel: grpc.aio.Channel | grpc.Channel
 
     def __init__(
         self,
         endpoint: Endpoint,
-        channel: grpc.aio.Channel,
+        channel: grpc.aio.Channel | grpc.Channel,
         listener: SubchannelListener,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -76,7 +106,7 @@ class Subchannel:
         #: subchannel ends (ORCA load reports); the calls skip the lookup when empty.
         self.trailer_observers: list[Callable[[Subchannel, Any], None]] = []
         self.callables: dict[tuple[Any, ...], Any] = {}
-        self._watch_task: asyncio.Task[None] | None = None
+        self._watching = False
         self._closing = False
         self._usable = False
         self._probe_pending = False
@@ -136,18 +166,9 @@ class Subchannel:
     def connect(self) -> None:
         """Start dialing (idempotent) and keep the connection up from now on."""
         self.wants_connection = True
-        if self._watch_task is None and not self._closing:
-            self._watch_task = asyncio.get_running_loop().create_task(
-                self._watch(), name=f"grpc_balancer.subchannel[{self.address}]"
-            )
-
-    async def _watch(self) -> None:
-        state = self.channel.get_state(try_to_connect=True)
-        self._set_connectivity(state)
-        while not self._closing:
-            await self.channel.wait_for_state_change(state)
-            state = self.channel.get_state(try_to_connect=True)
-            self._set_connectivity(state)
+        if not self._watching and not self._closing:
+            self._watching = True
+            self.watch_connectivity()
 
     def _set_connectivity(self, state: Connectivity) -> None:
         if state is self.connectivity or self._closing:
@@ -178,12 +199,10 @@ class Subchannel:
     async def _probe_then_publish(self) -> None:
         """gRPC's connectivity API does not say *why* a connection failed; a call that
         fails fast on the failed channel does ("Connection refused", DNS errors...)."""
-        probe = self.channel.unary_unary(_PROBE_METHOD, None, None)
         try:
-            await probe(b"", timeout=1.0, wait_for_ready=False)
-        except grpc.aio.AioRpcError as err:
-            if err.code() is grpc.StatusCode.UNAVAILABLE and self.failed_since_ready:
-                self.last_error = _short_error(err.details() or "")
+            code, details = await self.probe()
+            if code is grpc.StatusCode.UNAVAILABLE and self.failed_since_ready:
+                self.last_error = _short_error(details)
         except Exception:  # pragma: no cover - a closed channel during shutdown
             pass
         self._probe_pending = False
@@ -227,24 +246,49 @@ class Subchannel:
             self._close_now()
 
     def _close_now(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-        with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().create_task(self._close_channel())
-
-    async def _close_channel(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.channel.close(None)
+        self.stop_watching()
+        self.close_transport()
 
     async def aclose(self) -> None:
-        """Close at once (channel shutdown): cancel the watcher and the channel."""
+        """Close at once (channel shutdown): stop watching, close the connection."""
         self._closing = True
         self._usable = False
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watch_task
-        await self.channel.close(None)
+        await self.aclose_transport()
+
+    # -- the transport seam: what an aio and a sync subchannel do differently -------------
+    # All of it is called on the event loop; whatever the transport does elsewhere
+    # (grpcio threads) comes back to the loop before it touches any state.
+    def watch_connectivity(self) -> None:
+        """Follow the connection's state, asking it to connect (and to reconnect when
+        it goes IDLE), and report each state with :meth:`_set_connectivity`."""
+        raise NotImplementedError
+
+    def stop_watching(self) -> None:
+        """Stop what :meth:`watch_connectivity` started (idempotent)."""
+
+    async def probe(self) -> tuple[grpc.StatusCode, str]:
+        """The status of one call sent without waiting for a connection (the reason a
+        failed connection gives)."""
+        raise NotImplementedError
+
+    def open_server_stream(
+        self,
+        method: str,
+        request: Any,
+        *,
+        request_serializer: Callable[[Any], bytes],
+        response_deserializer: Callable[[bytes], Any],
+        wait_for_ready: bool,
+    ) -> ServerStream:
+        """Start a unary-stream call on this connection (health ``Watch``, ORCA)."""
+        raise NotImplementedError
+
+    def close_transport(self) -> None:
+        """Close the connection soon, without waiting."""
+
+    async def aclose_transport(self) -> None:
+        """Close the connection now (channel shutdown)."""
+        self.stop_watching()
 
     def __repr__(self) -> str:
         flags = [self.connectivity.name]

@@ -7,6 +7,7 @@ problem, so a CLI can print it as one line.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from grpc_balancer.errors import InvalidTargetError
@@ -38,12 +39,18 @@ def parse_target(raw: str) -> Target:
     if "://" in text:
         scheme, rest = text.split("://", 1)
         if "/" not in rest:
+            if scheme.lower() == "etcd":
+                example = f"etcd://{rest}/services/greeter (the etcd address, then the key prefix)"
+            else:
+                example = f"{scheme}:///{rest}"
             raise InvalidTargetError(
-                f"target {raw!r}: expected scheme://[authority]/endpoint, e.g. {scheme}:///host:port"
+                f"target {raw!r}: expected scheme://[authority]/endpoint, e.g. {example}"
             )
         authority, endpoint = rest.split("/", 1)
+        if scheme.lower() == "unix" and not authority:
+            endpoint = "/" + endpoint  # unix:///abs/path: the path is absolute
     elif _looks_like_scheme_colon(text):
-        # ipv4:1.2.3.4:80,... and ipv6:[::1]:80 (gRPC's short forms)
+        # ipv4:1.2.3.4:80,..., ipv6:[::1]:80, dns:host:port, unix:path (gRPC's short forms)
         scheme, endpoint = text.split(":", 1)
         authority = ""
     else:
@@ -58,7 +65,7 @@ def parse_target(raw: str) -> Target:
 
 def _looks_like_scheme_colon(text: str) -> bool:
     head = text.split(":", 1)[0].lower()
-    return head in ("ipv4", "ipv6", "unix", "static")
+    return head in ("ipv4", "ipv6", "unix", "unix-abstract", "static", "dns")
 
 
 def split_host_port(
@@ -91,6 +98,8 @@ def split_host_port(
         host, port_text = item, None
     if not host:
         raise InvalidTargetError(f"{what} {item!r}: missing host")
+    if not is_valid_host(host):  # no newline, NUL or space ever reaches a log line
+        raise InvalidTargetError(f"{what} {item!r}: {host!r} is not a host name or IP address")
     if port_text is None:
         if default_port is None:
             raise InvalidTargetError(f"{what} {item!r}: missing port (expected host:port)")
@@ -99,7 +108,7 @@ def split_host_port(
 
 
 def parse_port(text: str, context: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # "²" and "٣٣" are digits to str.isdigit
         raise InvalidTargetError(f"{context}: port {text!r} is not a number")
     port = int(text)
     if not 1 <= port <= 65535:
@@ -117,6 +126,17 @@ def _check_ipv6(host: str, item: str, what: str) -> None:
 def join_host_port(host: str, port: int) -> str:
     """The dialable form: IPv6 literals get brackets back."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def is_valid_host(host: str) -> bool:
+    """An IP literal or a DNS name of ASCII letters, digits, ``-`` and ``_`` labels."""
+    if is_ip_literal(host):
+        return True
+    return len(host) <= 253 and host.isascii() and _HOSTNAME.fullmatch(host) is not None
 
 
 def is_ip_literal(host: str) -> bool:

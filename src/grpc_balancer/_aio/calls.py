@@ -124,6 +124,7 @@ class _Call:
     """The driver of one call, whatever its kind."""
 
     _kind = Kind.UNARY_UNARY
+    _unary_response = True
     # What most calls never need, as class defaults (set per call only when used).
     _requests: AsyncRequests | None = None
     _progress: asyncio.Future[None] | None = None
@@ -167,7 +168,7 @@ class _Call:
             self._deadline,
             bool(mc._wait_for_ready if wait_for_ready is None else wait_for_ready),
         )
-        if not self._kind.unary_response and (mc._retry is not None or mc._hedging is not None):
+        if not self._unary_response and (mc._retry is not None or mc._hedging is not None):
             # Stream responses that may retry: read the first message before the
             # application does, to know when the call commits.
             self._prefetch = True
@@ -242,7 +243,8 @@ class _Call:
 
     def _send(self, attempt: Attempt) -> None:
         self._last = attempt
-        inner = self._mc.inner(attempt.subchannel)
+        sc = attempt.subchannel
+        inner = sc.callables.get(self._mc._key) or self._mc.inner(sc)
         try:
             call = inner(
                 self._request if self._requests is None else self._requests.replay(),
@@ -258,7 +260,9 @@ class _Call:
             )
             return
         attempt.call = call
-        call.add_done_callback(partial(self._attempt_done, attempt))
+        # grpc.aio's add_done_callback wraps the callback once more; register on the
+        # Cython call it wraps (as _status_of reads it), one frame less per call
+        call._cython_call.add_done_callback(partial(self._attempt_done, attempt, call))
         if self._prefetch:
             task = self._loop.create_task(self._read_first(attempt))
             self._readers.add(task)  # the loop keeps only a weak reference
@@ -276,7 +280,12 @@ class _Call:
             if self._timer_at is None and self._progress is None and len(actions) == 1:
                 action = actions[0]
                 if type(action) is Finish:
-                    self._finished(action)
+                    if (
+                        self._done_callbacks is not None
+                        or self._channel.instrument is not None
+                        or self._waiting_on is not None
+                    ):
+                        self._finished(action)
                     return
             self._run(actions)
             return
@@ -628,6 +637,7 @@ class BalancedUnaryUnaryCall(_UnaryResponse, grpc.aio.UnaryUnaryCall[Any, Any]):
 
 class BalancedUnaryStreamCall(_StreamResponse, grpc.aio.UnaryStreamCall[Any, Any]):
     _kind = Kind.UNARY_STREAM
+    _unary_response = False
 
 
 class BalancedStreamUnaryCall(_RequestStream, _UnaryResponse, grpc.aio.StreamUnaryCall[Any, Any]):
@@ -638,6 +648,7 @@ class BalancedStreamStreamCall(
     _RequestStream, _StreamResponse, grpc.aio.StreamStreamCall[Any, Any]
 ):
     _kind = Kind.STREAM_STREAM
+    _unary_response = False
 
 
 class BalancedUnaryUnaryMultiCallable(_MultiCallable, grpc.aio.UnaryUnaryMultiCallable[Any, Any]):

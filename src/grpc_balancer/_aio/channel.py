@@ -30,6 +30,7 @@ from grpc_balancer._aio.calls import (
     BalancedUnaryStreamMultiCallable,
     BalancedUnaryUnaryMultiCallable,
 )
+from grpc_balancer._aio.subchannel import AioSubchannel
 from grpc_balancer._attempts.plan import DEFAULT_BUFFER_LIMIT
 from grpc_balancer._attempts.retry import MethodPolicy, RetryThrottle
 from grpc_balancer._config.method_config import make_throttle
@@ -94,6 +95,8 @@ class BalancedChannel(grpc.aio.Channel):
         self._policy: Policy | None = None
         self._have_endpoints = False
         self._resolver_error: str | None = None
+        #: address -> position in the resolver's latest list (introspection order)
+        self._target_order: dict[str, int] = {}
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         #: retryThrottling's token bucket (None: not configured), shared by all calls.
@@ -290,9 +293,7 @@ class BalancedChannel(grpc.aio.Channel):
         if not self._have_endpoints:
             return "still resolving"
         subs = ", ".join(
-            f"{sc.address} {sc.describe_problem()}"
-            for sc in sorted(self._subchannels, key=lambda s: s.address)
-            if not sc.usable
+            f"{sc.address} {sc.describe_problem()}" for sc in self.subchannels if not sc.usable
         )
         return subs or "all backends busy"
 
@@ -321,6 +322,10 @@ class BalancedChannel(grpc.aio.Channel):
             log.info("%s: resolver recovered", self._target.raw)
         self._resolver_error = None
         self._have_endpoints = True
+        order: dict[str, int] = {}
+        for i, endpoint in enumerate(endpoints):
+            order.setdefault(endpoint.address, i)
+        self._target_order = order
         log.debug("%s: %d endpoints: %s", self._target.raw, len(endpoints), endpoints)
         if self.instrument is not None:
             self.instrument.resolver_update(endpoints)
@@ -355,18 +360,7 @@ class BalancedChannel(grpc.aio.Channel):
         return self._target
 
     def create_subchannel(self, endpoint: Endpoint) -> Subchannel:
-        if self._credentials is None:
-            inner = grpc.aio.insecure_channel(
-                endpoint.address, options=self._options, interceptors=self._interceptors or None
-            )
-        else:
-            inner = grpc.aio.secure_channel(
-                endpoint.address,
-                self._credentials,
-                options=self._options,
-                interceptors=self._interceptors or None,
-            )
-        sc = self.make_subchannel(endpoint, inner)
+        sc = self.make_subchannel(endpoint)
         self._subchannels.add(sc)
         if self._health is not None:
             self._health.add(sc)
@@ -377,9 +371,29 @@ class BalancedChannel(grpc.aio.Channel):
         log.info("%s: endpoint added %s", self._target.raw, endpoint.address)
         return sc
 
-    def make_subchannel(self, endpoint: Endpoint, inner: grpc.aio.Channel) -> Subchannel:
-        """The subchannel object for a new endpoint (the sync channel makes its own kind)."""
-        return Subchannel(endpoint, inner, self)
+    def make_subchannel(self, endpoint: Endpoint) -> Subchannel:
+        """The subchannel for a new endpoint, on its own grpc.aio channel (the sync
+        channel makes its own kind, on a sync grpc.Channel with the same options)."""
+        if self._credentials is None:
+            inner = grpc.aio.insecure_channel(
+                endpoint.address,
+                options=self.endpoint_options,
+                interceptors=self._interceptors or None,
+            )
+        else:
+            inner = grpc.aio.secure_channel(
+                endpoint.address,
+                self._credentials,
+                options=self.endpoint_options,
+                interceptors=self._interceptors or None,
+            )
+        return AioSubchannel(endpoint, inner, self)
+
+    @property
+    def endpoint_options(self) -> list[tuple[str, Any]]:
+        """The options of every per-endpoint channel, of either kind: the user's,
+        :data:`DEFAULT_CHANNEL_OPTIONS`, the resolver's authority, a local subchannel pool."""
+        return self._options
 
     def remove_subchannel(self, subchannel: Subchannel) -> None:
         if subchannel in self._subchannels:
@@ -416,7 +430,10 @@ class BalancedChannel(grpc.aio.Channel):
     # -- introspection ---------------------------------------------------------------------------------
     @property
     def subchannels(self) -> list[Subchannel]:
-        return sorted(self._subchannels, key=lambda sc: sc.address)
+        """In the target's order (the resolver's latest list), not sorted as strings."""
+        order = self._target_order
+        last = len(order)
+        return sorted(self._subchannels, key=lambda sc: (order.get(sc.address, last), sc.address))
 
     @property
     def picker(self) -> Picker:

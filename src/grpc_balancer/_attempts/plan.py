@@ -326,7 +326,14 @@ class AttemptPlan:
     def start(self) -> list[Action]:
         if self.state is not State.IDLE:
             raise PlanError(f"attempt plan: no transition for START in {self.state.name}")
-        return self._pick()  # the table's (IDLE, START), taken inline: every call's first step
+        # the table's (IDLE, START), taken inline: every call's first step
+        try:
+            sc = self._spec.picking.pick(self.info, self._wait_for_ready)
+        except PickError as err:
+            return self._fail(err.code, err.message)
+        if sc is None:
+            return self._wait_for_picker(self.deadline)
+        return self._send(sc)
 
     def on_picker(self) -> list[Action]:
         """The picker the plan was waiting on was replaced."""

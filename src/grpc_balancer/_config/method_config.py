@@ -40,7 +40,17 @@ _RETRY_FIELDS = {
 }
 _HEDGING_FIELDS = {"maxAttempts", "hedgingDelay", "nonFatalStatusCodes"}
 _THROTTLING_FIELDS = {"maxTokens", "tokenRatio"}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d{0,9})?|\.\d{1,9})s\s*$")
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]{0,9})?|\.[0-9]{1,9})s\s*$")  # ASCII digits only
+#: The largest integer a float holds exactly; larger JSON integers are refused as numbers.
+MAX_EXACT_INT = 2**53
+#: Documented ranges (README "Service config"): a bigger value means a typo.
+MAX_TOKEN_RATIO = 1000.0
+MAX_BACKOFF_MULTIPLIER = 1000.0
+#: google.protobuf.Duration's largest value (10,000 years), in seconds.
+MAX_DURATION_S = 315_576_000_000.0
+#: Call timeouts are capped here (about 31 years): grpcio fails a call whose deadline
+#: is further away at once, as if it had expired.
+MAX_TIMEOUT_S = 1e9
 _CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -119,8 +129,10 @@ def parse_retry_throttling(raw: Mapping[str, Any] | None) -> tuple[float, float]
             f"{where}.maxTokens must be an integer in 1..1000, got {max_tokens!r}"
         )
     ratio = raw["tokenRatio"]
-    if not _is_number(ratio) or ratio <= 0:
-        raise ServiceConfigError(f"{where}.tokenRatio must be a number > 0, got {ratio!r}")
+    if not is_json_number(ratio) or not 0 < ratio <= MAX_TOKEN_RATIO:
+        raise ServiceConfigError(
+            f"{where}.tokenRatio must be a number in (0, {MAX_TOKEN_RATIO:g}], got {short_repr(ratio)}"
+        )
     # A6: tokenRatio has at most 3 decimal places.
     return float(max_tokens), math.floor(float(ratio) * 1000) / 1000 or 0.001
 
@@ -142,11 +154,17 @@ def _method_policy(where: str, entry: Mapping[str, Any]) -> MethodPolicy:
             f"{where}: retryPolicy and hedgingPolicy are mutually exclusive; give one"
         )
     return MethodPolicy(
-        timeout_s=None if timeout is None else parse_duration(f"{where}.timeout", timeout),
+        timeout_s=None if timeout is None else _timeout(f"{where}.timeout", timeout),
         wait_for_ready=wfr,
         retry=None if retry is None else _retry_policy(f"{where}.retryPolicy", retry),
         hedging=None if hedging is None else _hedging_policy(f"{where}.hedgingPolicy", hedging),
     )
+
+
+def _timeout(where: str, raw: Any) -> float:
+    """A call deadline: > 0 (a zero timeout fails every call), and longer than
+    MAX_TIMEOUT_S (grpcio fails such deadlines at once) means no earlier deadline."""
+    return min(parse_duration(where, raw, positive=True), MAX_TIMEOUT_S)
 
 
 def _retry_policy(where: str, raw: Any) -> RetryPolicy:
@@ -154,15 +172,13 @@ def _retry_policy(where: str, raw: Any) -> RetryPolicy:
     for key in sorted(_RETRY_FIELDS):
         if key not in raw:
             raise ServiceConfigError(f"{where}.{key} is required")
-    initial = parse_duration(f"{where}.initialBackoff", raw["initialBackoff"])
-    maximum = parse_duration(f"{where}.maxBackoff", raw["maxBackoff"])
-    for key, value in (("initialBackoff", initial), ("maxBackoff", maximum)):
-        if value <= 0:
-            raise ServiceConfigError(f"{where}.{key} must be > 0s, got {raw[key]!r}")
+    initial = parse_duration(f"{where}.initialBackoff", raw["initialBackoff"], positive=True)
+    maximum = parse_duration(f"{where}.maxBackoff", raw["maxBackoff"], positive=True)
     multiplier = raw["backoffMultiplier"]
-    if not _is_number(multiplier) or multiplier <= 0:
+    if not is_json_number(multiplier) or not 0 < multiplier <= MAX_BACKOFF_MULTIPLIER:
         raise ServiceConfigError(
-            f"{where}.backoffMultiplier must be a number > 0, got {multiplier!r}"
+            f"{where}.backoffMultiplier must be a number in (0, {MAX_BACKOFF_MULTIPLIER:g}], "
+            f"got {short_repr(multiplier)}"
         )
     codes = _codes(f"{where}.retryableStatusCodes", raw["retryableStatusCodes"])
     if not codes:
@@ -214,14 +230,27 @@ def _codes(where: str, raw: Any) -> frozenset[grpc.StatusCode]:
     return frozenset(codes)
 
 
-def parse_duration(where: str, raw: Any) -> float:
-    """A protobuf JSON duration (``"1.5s"``) in seconds."""
-    match = _DURATION.match(raw) if isinstance(raw, str) else None
+def parse_duration(where: str, raw: Any, *, positive: bool = False) -> float:
+    """A protobuf JSON duration (``"1.5s"``) in seconds, within a Duration's range
+    (0 to 315,576,000,000 s, about 10,000 years); ``positive``: zero is refused too."""
+    match = _DURATION.match(raw) if isinstance(raw, str) and len(raw) <= 64 else None
     if match is None:
         raise ServiceConfigError(
-            f"{where} must be a duration string like '1.5s' or '0.1s', got {raw!r}"
+            f"{where} must be a duration string like '1.5s' or '0.1s', got {short_repr(raw)}"
         )
-    return float(match.group(1))
+    seconds = float(match.group(1))
+    if seconds > MAX_DURATION_S:
+        raise ServiceConfigError(
+            f"{where} must be at most {MAX_DURATION_S:.0f}s (a protobuf Duration), got {raw!r}"
+        )
+    if positive and seconds <= 0:
+        raise ServiceConfigError(f"{where} must be > 0s, got {raw!r}")
+    return seconds
+
+
+def short_repr(raw: Any) -> str:
+    text = repr(raw)
+    return text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
 
 
 def _check_fields(where: str, raw: Any, allowed: set[str]) -> None:
@@ -245,5 +274,11 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def is_json_number(value: Any) -> bool:
+    """A JSON number a float holds (no bool, inf or nan; a 400-digit integer, which
+    float() and math.isfinite() refuse with OverflowError, is not one)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) <= MAX_EXACT_INT
+    return isinstance(value, float) and math.isfinite(value)

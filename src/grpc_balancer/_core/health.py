@@ -1,5 +1,7 @@
 """Active health checking (gRFC A17): one ``grpc.health.v1.Health/Watch`` stream per
-READY subchannel, turned on by ``healthCheckConfig: {"serviceName": ...}``.
+READY subchannel, turned on by ``healthCheckConfig: {"serviceName": ...}``, opened
+on the subchannel's own connection (:meth:`Subchannel.open_server_stream`, one
+implementation for the asyncio and the sync channel).
 
 The server's answer becomes ``subchannel.health``; anything but SERVING takes the
 subchannel out of every policy's rotation (pick_first included) until it says SERVING
@@ -22,10 +24,9 @@ import random
 from collections.abc import Callable
 
 import grpc
-import grpc.aio
 from grpc_health.v1 import health_pb2
 
-from grpc_balancer.subchannel import HEALTH_UNCHECKED, HEALTH_UNKNOWN, Subchannel
+from grpc_balancer.subchannel import HEALTH_UNCHECKED, HEALTH_UNKNOWN, StreamError, Subchannel
 
 log = logging.getLogger("grpc_balancer._core.health")
 
@@ -96,29 +97,30 @@ class HealthChecking:
 
     # -- the stream ----------------------------------------------------------------------------
     async def _watch(self, sc: Subchannel) -> None:
-        watch = sc.channel.unary_stream(
-            WATCH_METHOD,
-            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-            response_deserializer=health_pb2.HealthCheckResponse.FromString,
-        )
         request = health_pb2.HealthCheckRequest(service=self.service_name)
         backoff = INITIAL_BACKOFF_S
         try:
             while not self._closed:
                 answered = False
                 why = "the server ended the stream"
-                call = watch(request, wait_for_ready=False)
+                stream = sc.open_server_stream(
+                    WATCH_METHOD,
+                    request,
+                    request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                    response_deserializer=health_pb2.HealthCheckResponse.FromString,
+                    wait_for_ready=False,
+                )
                 try:
-                    async for reply in call:
+                    async for reply in stream:
                         answered = True
                         self._set(sc, _STATUS_NAMES.get(reply.status, "STATUS_UNKNOWN"))
-                except grpc.aio.AioRpcError as err:
-                    if err.code() is grpc.StatusCode.UNIMPLEMENTED:
+                except StreamError as err:
+                    if err.code is grpc.StatusCode.UNIMPLEMENTED:
                         self._give_up(sc)
                         return
-                    why = f"{err.code().name}: {err.details()}"
+                    why = f"{err.code.name}: {err.details}"
                 finally:
-                    call.cancel()
+                    stream.cancel()
                 if sc.connectivity is not grpc.ChannelConnectivity.READY:
                     return  # the connection went; on_state restarts us on the next READY
                 log.info("%s: health stream broke (%s); re-opening", sc.address, why)

@@ -45,14 +45,8 @@ class LatencyEstimate:
         return self.value_s * _exp(-elapsed / self.decay_s)
 
     def observe(self, rtt_s: float, now: float) -> None:
-        if self.samples < 2:
-            self.value_s = rtt_s  # the first reply may carry connection setup: provisional
-        else:
-            w = math.exp(-max(now - self.stamp, 0.0) / self.decay_s)
-            current = self.value_s * w
-            self.value_s = rtt_s if rtt_s > current else current + (rtt_s - current) * (1.0 - w)
-        self.stamp = now
-        self.samples += 1
+        """A reply took ``rtt_s``."""
+        self.on_call(rtt_s, _OK, now)
 
     def on_call(self, latency_s: float, code: grpc.StatusCode, now: float) -> None:
         """One attempt's end: a failure is a slow sample, a cancelled call teaches nothing."""
@@ -60,7 +54,16 @@ class LatencyEstimate:
             if code is _CANCELLED:
                 return
             latency_s = max(latency_s, self.penalty_s)
-        self.observe(latency_s, now)
+        if self.samples < 2:
+            self.value_s = latency_s  # the first reply may carry connection setup: provisional
+        else:
+            w = _exp(-max(now - self.stamp, 0.0) / self.decay_s)
+            current = self.value_s * w
+            self.value_s = (
+                latency_s if latency_s > current else current + (latency_s - current) * (1.0 - w)
+            )
+        self.stamp = now
+        self.samples += 1
 
     def __repr__(self) -> str:
         return f"<LatencyEstimate {self.value_s * 1000:.2f}ms n={self.samples}>"

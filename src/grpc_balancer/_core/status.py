@@ -127,21 +127,27 @@ def _subchannel_status(sc: Subchannel, weight: float) -> SubchannelStatus:
 
 
 def format_status(status: ChannelStatus) -> str:
-    """A few lines for a terminal or a log file."""
+    """A few lines for a terminal or a log file; columns stay aligned whatever the
+    addresses and weights (ORCA weights are fractions, SRV weights up to 65535)."""
+    width = max([24, *(len(sc.address) for sc in status.subchannels)])
     lines = [
         f"target {status.target}  policy {status.policy}  state {status.state}",
         f"resolver {status.resolver_state}"
         + (f" ({status.resolver_error})" if status.resolver_error else ""),
-        f"{'backend':<24} {'state':<17} {'health':<11} {'ejected':<7} {'in-flight':>9} "
-        f"{'calls':>7} {'failed':>6} {'latency':>9} {'weight':>6}  last error",
+        f"{'backend':<{width}} {'state':<17} {'health':<11} {'ejected':<7} {'in-flight':>9} "
+        f"{'calls':>7} {'failed':>6} {'latency':>9} {'weight':>9}  last error",
     ]
     for sc in status.subchannels:
-        latency = "-" if sc.latency_ms is None else f"{sc.latency_ms:.2f}ms"
+        latency = "-" if sc.latency_ms is None else _ms(sc.latency_ms)
         lines.append(
-            f"{sc.address:<24} {sc.connectivity:<17} {sc.health:<11} "
+            f"{sc.address:<{width}} {sc.connectivity:<17} {sc.health:<11} "
             f"{'yes' if sc.ejected else 'no':<7} {sc.in_flight:>9} {sc.calls_started:>7} "
-            f"{sc.calls_failed:>6} {latency:>9} {sc.weight:>6g}  {sc.last_error}"
+            f"{sc.calls_failed:>6} {latency:>9} {sc.weight:>9.4g}  {sc.last_error}"
         )
     if not status.subchannels:
         lines.append("(no backends)")
     return "\n".join(lines)
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f}ms" if value < 1000 else f"{value:.0f}ms"

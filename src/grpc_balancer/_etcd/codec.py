@@ -17,6 +17,9 @@ from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.errors import InvalidTargetError
 from grpc_balancer.target import join_host_port, split_host_port
 
+#: Weights are uint32 in gRPC (SRV weights are 0..65535).
+MAX_WEIGHT = 2**32 - 1
+
 #: ``endpoints.Add`` / ``endpoints.Delete`` in Go.
 OP_ADD = 0
 OP_DELETE = 1
@@ -33,7 +36,20 @@ def encode_endpoint(address: str, metadata: Mapping[str, Any] | None = None) -> 
 
 
 def decode_endpoint(value: bytes) -> Endpoint | None:
-    """An :class:`Endpoint`, ``None`` for a Go ``Delete`` record, or :class:`BadValueError`."""
+    """An :class:`Endpoint`, ``None`` for a Go ``Delete`` record, or :class:`BadValueError`.
+
+    Whatever is wrong with the value (deep nesting → RecursionError, a port of digits
+    int() refuses, ...) comes out as BadValueError, so one bad key never stops the
+    resolver: it is skipped and the others are used."""
+    try:
+        return _decode(value)
+    except BadValueError:
+        raise
+    except Exception as exc:  # hostile input must never escape as anything else
+        raise BadValueError(f"cannot decode ({type(exc).__name__})") from None
+
+
+def _decode(value: bytes) -> Endpoint | None:
     try:
         record = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -63,8 +79,9 @@ def _metadata(raw: Any) -> tuple[int, dict[str, Any]]:
         return 1, {"metadata": raw}  # Go allows any JSON value; keep it visible
     metadata = dict(raw)
     weight = metadata.pop("weight", 1)
-    if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
-        raise BadValueError(f"Metadata.weight must be an integer >= 0, got {weight!r}")
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT:
+        shown = repr(weight) if len(repr(weight)) <= 40 else f"{repr(weight)[:20]}..."
+        raise BadValueError(f"Metadata.weight must be an integer in 0..{MAX_WEIGHT}, got {shown}")
     if "zone" in metadata and not isinstance(metadata["zone"], str):
         raise BadValueError(f"Metadata.zone must be a string, got {metadata['zone']!r}")
     return weight, metadata

@@ -1,18 +1,17 @@
 """Out-of-band ORCA: one ``StreamCoreMetrics`` stream per subchannel, reports handed to
-a callback; restarted with backoff while the subchannel lives."""
+a callback; restarted with backoff while the subchannel lives. Opened on the
+subchannel's own connection (either channel kind) through its transport seam."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 import grpc
-import grpc.aio
 
 from grpc_balancer._orca import OOB_METHOD, Duration, OrcaLoadReport, OrcaLoadReportRequest
-from grpc_balancer.subchannel import Subchannel
+from grpc_balancer.subchannel import StreamError, Subchannel
 
 log = logging.getLogger("grpc_balancer._orca")
 
@@ -34,26 +33,24 @@ async def _run(
     request = OrcaLoadReportRequest(
         report_interval=Duration(seconds=seconds, nanos=int((interval_s - seconds) * 1e9))
     )
-    stream = sc.channel.unary_stream(
-        OOB_METHOD,
-        request_serializer=OrcaLoadReportRequest.SerializeToString,
-        response_deserializer=OrcaLoadReport.FromString,
-    )
     backoff = 1.0
     while True:
-        call = stream(request, wait_for_ready=True)
+        stream = sc.open_server_stream(
+            OOB_METHOD,
+            request,
+            request_serializer=OrcaLoadReportRequest.SerializeToString,
+            response_deserializer=OrcaLoadReport.FromString,
+            wait_for_ready=True,
+        )
         try:
-            async for report in call:
+            async for report in stream:
                 backoff = 1.0
                 on_report(sc, report)
-        except grpc.aio.AioRpcError as err:
-            if err.code() is grpc.StatusCode.UNIMPLEMENTED:
+        except StreamError as err:
+            if err.code is grpc.StatusCode.UNIMPLEMENTED:
                 backoff = _MAX_BACKOFF_S  # this server does not report; ask rarely
-            log.debug("%s: ORCA stream ended: %s", sc.address, err.code().name)
-        except asyncio.CancelledError:
-            call.cancel()
-            raise
-        with contextlib.suppress(Exception):
-            call.cancel()
+            log.debug("%s: ORCA stream ended: %s", sc.address, err.code.name)
+        finally:
+            stream.cancel()
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, _MAX_BACKOFF_S)

@@ -6,16 +6,20 @@ subchannel connectivity, health checks and timers are exactly the async channel'
 Caller threads only read the core's immutable picker (lock-free), then send on that
 endpoint's synchronous grpcio channel — no thread hop on the fast path. When no
 backend is ready, the caller waits on the loop's own pick (bounded by its deadline).
+Connectivity and health are watched on that same channel (one connection per
+endpoint, as grpcio), their results handed to the loop thread.
 
 ::
 
     caller threads ──pick (lock-free)──► core.picker ◄── policy ◄── resolver   (loop thread)
           │                                                ▲
-          └──► SyncSubchannel's grpc.Channel ──► backend    └── aio connectivity/health
+          └──► SyncSubchannel's grpc.Channel ──► backend    │
+                   └── subscribe() / health / ORCA ─────────┘ (via call_soon)
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 import os
@@ -72,21 +76,28 @@ class _LoopCore(BalancedChannel):
         self._loop_thread = loop_thread
         self._on_state = on_state
         self._sync_credentials = credentials
+        #: Every subchannel made, draining ones included, so close() closes them all.
+        self._made: weakref.WeakSet[SyncSubchannel] = weakref.WeakSet()
         super().__init__(target, credentials=credentials, **kwargs)
 
-    def make_subchannel(self, endpoint: Endpoint, inner: grpc.aio.Channel) -> Subchannel:
-        return SyncSubchannel(
-            endpoint,
-            inner,
-            self,
-            make_sync_channel=self._make_sync_channel,
-            call_soon=self._loop_thread.call_soon,
-        )
+    async def close(self, grace: float | None = None) -> None:
+        await super().close(grace)
+        # A subchannel the policy removed with calls in flight waits for them to end
+        # before closing; the channel is closing, so close it now (its calls end
+        # CANCELLED), or its connection and grpcio's connectivity poller would stay.
+        await asyncio.gather(*(sc.aclose() for sc in list(self._made)))
 
-    def _make_sync_channel(self, address: str) -> grpc.Channel:
+    def make_subchannel(self, endpoint: Endpoint) -> Subchannel:
+        """One sync ``grpc.Channel`` per endpoint, with the options an aio one gets:
+        calls, connectivity, health and ORCA all share its one connection."""
+        options = self.endpoint_options
         if self._sync_credentials is None:
-            return grpc.insecure_channel(address, options=self._options)
-        return grpc.secure_channel(address, self._sync_credentials, options=self._options)
+            inner = grpc.insecure_channel(endpoint.address, options=options)
+        else:
+            inner = grpc.secure_channel(endpoint.address, self._sync_credentials, options=options)
+        sc = SyncSubchannel(endpoint, inner, self, call_soon=self._loop_thread.call_soon)
+        self._made.add(sc)
+        return sc
 
     def emit(
         self, event: Event, subchannel: Subchannel | None, code: grpc.StatusCode | None

@@ -113,7 +113,8 @@ def rows(channel: BalancedChannel, stats: CallStats) -> list[Row]:
     status = {sc.address: sc for sc in channel.status().subchannels}
     total = max(stats.done, 1)
     out = []
-    for backend in sorted(set(status) | set(stats.backends)):
+    # the channel's backends in target order, then any that served calls and left
+    for backend in [*status, *(b for b in stats.backends if b not in status)]:
         sc = status.get(backend)
         seen = stats.backends.get(backend, BackendStats())
         rate, p50, p99 = stats.window(backend)
@@ -142,40 +143,88 @@ def _ms(value: float | None) -> str:
 
 
 _STATE_STYLE = {"READY": "green", "CONNECTING": "yellow", "IDLE": "dim"}
+_COLUMNS = {
+    "backend": "left",
+    "state": "left",
+    "health": "left",
+    "share": "left",
+    "calls": "right",
+    "failed": "right",
+    "calls/s": "right",
+    "p50": "right",
+    "p99": "right",
+    "in-flight": "right",
+}
 
 
-def render(channel: BalancedChannel, stats: CallStats, total: int | None = None) -> RenderableType:
-    """The rich renderable: a table of backends and, for a run of ``total`` calls, a bar."""
-    table = Table(title=f"{channel.target}  policy {channel.config.policy}", expand=False)
-    for name, justify in (
-        ("backend", "left"),
-        ("state", "left"),
-        ("health", "left"),
-        ("share", "left"),
-        ("calls", "right"),
-        ("failed", "right"),
-        ("calls/s", "right"),
-        ("p50", "right"),
-        ("p99", "right"),
-        ("in-flight", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for row in rows(channel, stats):
-        filled = round(row.share * _BAR_WIDTH)
-        bar = Text("█" * filled + "·" * (_BAR_WIDTH - filled), style="cyan")
-        bar.append(f" {row.share:6.1%}", style="default")
-        table.add_row(
-            row.backend,
-            Text(row.state, style=_STATE_STYLE.get(row.state, "red")),
-            row.health,
-            bar,
-            str(row.calls),
-            Text(str(row.failed), style="red" if row.failed else "default"),
-            f"{row.rate:.1f}",
-            _ms(row.p50_s),
-            _ms(row.p99_s),
-            str(row.in_flight),
-        )
+def _column_width(name: str, cells: list[RenderableType | str]) -> int:
+    return max([len(name), *(len(c.plain if isinstance(c, Text) else str(c)) for c in cells)])
+
+
+#: How the view narrows, step by step, until it fits the terminal: a shorter share bar
+#: (int) or one column fewer (str). backend, state, share, calls and failed always stay.
+_NARROWER: tuple[int | str, ...] = (15, 10, "p50", "calls/s", "health", 5, "in-flight", "p99")
+
+
+def render(
+    channel: BalancedChannel, stats: CallStats, total: int | None = None, width: int | None = None
+) -> RenderableType:
+    """The rich renderable: a table of backends and, for a run of ``total`` calls, a bar.
+
+    The backend address is never wrapped or cut: on a narrow terminal (``width``) the
+    share bar shrinks and the least useful columns are dropped first."""
+    table_rows = rows(channel, stats)
+    bar_width = _BAR_WIDTH
+    columns: dict[str, tuple[str, list[RenderableType | str]]] = {}
+
+    def build() -> None:
+        columns.clear()
+        cells: dict[str, list[RenderableType | str]] = {name: [] for name in _COLUMNS}
+        for row in table_rows:
+            filled = round(row.share * bar_width)
+            bar = Text("█" * filled + "·" * (bar_width - filled), style="cyan")
+            bar.append(f" {row.share:6.1%}", style="default")
+            cells["backend"].append(row.backend)
+            cells["state"].append(Text(row.state, style=_STATE_STYLE.get(row.state, "red")))
+            cells["health"].append(row.health)
+            cells["share"].append(bar)
+            cells["calls"].append(str(row.calls))
+            cells["failed"].append(Text(str(row.failed), style="red" if row.failed else "default"))
+            cells["calls/s"].append(f"{row.rate:.1f}")
+            cells["p50"].append(_ms(row.p50_s))
+            cells["p99"].append(_ms(row.p99_s))
+            cells["in-flight"].append(str(row.in_flight))
+        for name, justify in _COLUMNS.items():
+            columns[name] = (justify, cells[name])
+
+    def needed() -> int:  # a box table: "│ cell │ cell │"
+        return 1 + sum(3 + _column_width(name, c) for name, (_, c) in columns.items())
+
+    build()
+    dropped: set[str] = set()
+    for step in _NARROWER if width is not None else ():
+        if needed() <= width:  # type: ignore[operator]
+            break
+        if isinstance(step, int):
+            bar_width = step
+        else:
+            dropped.add(step)
+        build()
+        for name in dropped:
+            del columns[name]
+    title = f"policy {channel.config.policy}  {channel.target}"  # cut at the end if need be
+    table = Table(
+        title=Text(title, no_wrap=True, overflow="ellipsis") if width else title,
+        expand=False,
+    )
+    longest = max([len("backend"), *(len(row.backend) for row in table_rows)])
+    for name, (justify, _) in columns.items():
+        if name == "backend":
+            table.add_column(name, justify="left", no_wrap=True, min_width=longest)
+        else:
+            table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for i in range(len(table_rows)):
+        table.add_row(*(cells[i] for _, cells in columns.values()))
     parts: list[RenderableType] = [table]
     if stats.unrouted:
         parts.append(Text(f"{stats.unrouted} call(s) reached no backend", style="red"))
@@ -245,13 +294,16 @@ class LiveView:
     async def _run(self) -> None:
         if self.console.is_terminal:
             with Live(
-                render(self.channel, self.stats, self.total),
+                render(self.channel, self.stats, self.total, self.console.width),
                 console=self.console,
                 auto_refresh=False,  # refreshed from the event loop, not rich's thread
             ) as live:
                 while not self._stop.is_set():
                     await self._sleep(self._period)
-                    live.update(render(self.channel, self.stats, self.total), refresh=True)
+                    live.update(
+                        render(self.channel, self.stats, self.total, self.console.width),
+                        refresh=True,
+                    )
         else:
             while not self._stop.is_set():
                 await self._sleep(self._plain_interval)

@@ -13,14 +13,22 @@ import json
 import logging
 import os
 import sys
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 import grpc
 
-from grpc_balancer import aio
-from grpc_balancer.cli.observe import add_observe_args, run_observed, wants_observed_run
+from grpc_balancer import __version__, aio
+from grpc_balancer._config.service_config import load_service_config
+from grpc_balancer.cli.args import number, whole
+from grpc_balancer.cli.observe import (
+    CommandFailed,
+    Run,
+    add_observe_args,
+    run_observed,
+    until_interrupted,
+    wants_observed_run,
+)
 from grpc_balancer.cli.register import add_register_args, registration_hooks
 from grpc_balancer.cli.resolve import add_resolve_parser
 from grpc_balancer.cli.xds import add_xds_parser
@@ -34,6 +42,7 @@ from grpc_balancer.target import parse_port
 
 DEFAULT_TARGET = "static:///localhost:50051,localhost:50052"
 DEFAULT_PORT = 50051
+MAX_SECONDS = 86400.0  # a day: durations beyond it are a typo (and overflow gRPC deadlines)
 EXIT_USAGE = 2
 
 
@@ -44,18 +53,43 @@ class UsageError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(logging.DEBUG if args.verbose else args.log_level)
     try:
         result: int = asyncio.run(args.func(args))
         return result
     except (BalancerConfigError, UsageError) as exc:
         print(f"grpc-balancer: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except CommandFailed as exc:
+        print(f"grpc-balancer: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def configure_logging(level: int) -> None:
+    """``-v`` / ``--log-level`` raise grpc_balancer's own loggers only: grpcio, asyncio and
+    the rest stay at WARNING (their debug lines would drown ours)."""
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("grpc_balancer").setLevel(level)
+
+
+def _add_logging_args(parser: argparse.ArgumentParser, default: Any) -> None:
+    """On the top-level parser and again on each subcommand (``call -v`` works too); the
+    subcommands' copies default to SUPPRESS so they never undo the top-level value."""
+    verbose_default = False if default is None else default
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=verbose_default, help="debug logging"
+    )
+    parser.add_argument(
+        "--log-level",
+        type=_log_level,
+        default=logging.WARNING if default is None else default,
+        metavar="LEVEL",
+        help="debug, info (one line per state change), warning (default) or error",
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,23 +103,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="grpc-balancer", description="Client-side load balancing for Python gRPC."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument(
-        "--log-level",
-        type=_log_level,
-        default=logging.WARNING,
-        metavar="LEVEL",
-        help="debug, info (one line per state change), warning (default) or error",
-    )
+    parser.add_argument("--version", action="version", version=f"grpc-balancer {__version__}")
+    _add_logging_args(parser, None)
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
 
     serve = sub.add_parser("serve", help="run a greeter server")
-    serve.add_argument("--port", type=_port_arg, default=None, help="default $SERVER_PORT or 50051")
+    serve.add_argument(
+        "--port", type=whole(1, 65535), default=None, help="default $SERVER_PORT or 50051"
+    )
     serve.add_argument("--host", default="::", help="address to bind (default: all, IPv4+IPv6)")
     serve.add_argument(
-        "--grace", type=float, default=5.0, help="seconds for in-flight calls on stop"
+        "--grace",
+        type=number(0, MAX_SECONDS),
+        default=5.0,
+        help="seconds for in-flight calls on stop",
+    )
+    serve.add_argument(
+        "--drain",
+        type=number(0, MAX_SECONDS),
+        default=1.0,
+        metavar="S",
+        help="on stop, after NOT_SERVING: wait until calls stop arriving, at most S s (default 1)",
     )
     _add_fault_args(serve)
     serve.add_argument(
@@ -106,7 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--service-config", default=None, help="gRPC service config JSON")
     call.add_argument("-n", "--count", type=_positive_int, default=4, help="number of calls")
     call.add_argument("--name", default="World")
-    call.add_argument("--timeout", type=float, default=5.0, help="deadline per call, seconds")
+    call.add_argument(
+        "--timeout",
+        type=number(0, MAX_SECONDS, low_open=True),
+        default=5.0,
+        help="deadline per call, seconds (default 5)",
+    )
     add_observe_args(call)
     call.set_defaults(func=cmd_call)
 
@@ -119,26 +164,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_resolve_parser(sub)
     add_xds_parser(sub)
+    for subcommand in sub.choices.values():
+        _add_logging_args(subcommand, argparse.SUPPRESS)
     return parser
 
 
 def _add_fault_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--delay-ms", type=float, default=0.0, help="added latency per call")
+    parser.add_argument(
+        "--delay-ms", type=number(0, MAX_SECONDS * 1000), default=0.0, help="added latency per call"
+    )
     parser.add_argument("--delay-dist", choices=("fixed", "lognormal"), default="fixed")
-    parser.add_argument("--fail-rate", type=float, default=0.0, help="fraction of calls to fail")
+    parser.add_argument(
+        "--fail-rate", type=number(0, 1), default=0.0, help="fraction of calls to fail (0..1)"
+    )
     parser.add_argument("--fail-code", default="UNAVAILABLE", help="status code of failures")
-    parser.add_argument("--max-concurrency", type=int, default=0, help="slots (0: unlimited)")
+    parser.add_argument(
+        "--max-concurrency", type=whole(0, 1_000_000), default=0, help="slots (0: unlimited)"
+    )
 
 
 def faults_from_args(args: argparse.Namespace) -> Faults:
-    if not 0.0 <= args.fail_rate <= 1.0:
-        raise UsageError(f"--fail-rate must be between 0 and 1, got {args.fail_rate}")
-    if args.delay_ms < 0:
-        raise UsageError(f"--delay-ms must be >= 0, got {args.delay_ms}")
     try:
         code = grpc.StatusCode[args.fail_code.upper()]
     except KeyError:
         raise UsageError(f"--fail-code: unknown status code {args.fail_code!r}") from None
+    if code is grpc.StatusCode.OK:
+        raise UsageError(
+            "--fail-code: must be an error status code (CANCELLED..UNAUTHENTICATED), not OK"
+        )
     return Faults(
         delay_ms=args.delay_ms,
         delay_dist=args.delay_dist,
@@ -146,13 +199,6 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
         fail_code=code,
         max_concurrency=args.max_concurrency,
     )
-
-
-def _port_arg(text: str) -> int:
-    try:
-        return parse_port(text, "--port")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _log_level(text: str) -> int:
@@ -192,12 +238,27 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     faults = faults_from_args(args)
     reporter = LoadReporter(capacity=faults.max_concurrency) if args.orca else None
     server = GreeterServer(
-        port, args.host, faults=faults, grace_s=args.grace, load_reporter=reporter
+        port,
+        args.host,
+        faults=faults,
+        grace_s=args.grace,
+        drain_delay_s=args.drain,
+        load_reporter=reporter,
     )
     hooks = registration_hooks(args)  # --register: validated before the server starts
-    print(f"🚀 Starting the load-balanced gRPC server on :{port}...", flush=True)
     try:
-        await serve_forever(server, **hooks)
+        await server.start()
+    except OSError as exc:  # port in use, address not assignable: one line, exit 1
+        print(f"grpc-balancer: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"🚀 Starting the load-balanced gRPC server on :{server.port}...", flush=True)
+    try:
+        await serve_forever(
+            server,
+            on_started=hooks.get("on_started"),
+            on_stopping=hooks.get("on_stopping"),
+            announce=lambda text: print(text, flush=True),
+        )
     except (OSError, RegistrationError) as exc:
         await server.stop(0)
         print(f"grpc-balancer: error: {exc}", file=sys.stderr)
@@ -208,16 +269,41 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 
 # -- call ------------------------------------------------------------------------------------------
 async def cmd_call(args: argparse.Namespace) -> int:
+    policy = cli_policy(args.policy, args.service_config)
+    config = cli_service_config(args.service_config)
     print("🚀 Running the gRPC client with load balancing...", flush=True)
-    policy = args.policy or (None if args.service_config else "round_robin")
+    run = Run()
     if wants_observed_run(args):
-        counts, failed = await run_observed(args.target, policy, args, args.service_config)
+        done = await until_interrupted(run_observed(args.target, policy, args, config, run))
     else:
-        counts, failed = await run_calls(
-            args.target, policy, args.count, args.name, args.timeout, args.service_config
+        done = await until_interrupted(
+            run_calls(args.target, policy, args.count, args.name, args.timeout, config, run)
         )
-    print_distribution(counts, failed)
-    return 0 if failed == 0 else 1
+    run.interrupted = done.interrupted
+    return print_distribution(run)
+
+
+def cli_service_config(service_config: str | None) -> dict[str, Any]:
+    """The user's service config plus health checking of every backend (the standard
+    grpc.health.v1 service) unless it configures its own: a server stopping gracefully
+    goes NOT_SERVING and gets no new calls, so none is cut off."""
+    raw = dict(load_service_config(service_config).raw) if service_config else {}
+    raw.setdefault("healthCheckConfig", {"serviceName": ""})
+    return raw
+
+
+def cli_policy(policy: str | None, service_config: str | None) -> str | None:
+    """``--policy``, else the service config's own policy, else round_robin: a service
+    config with only a methodConfig (a timeout, a retry policy) does not change it."""
+    if policy is not None:
+        if not policy.strip():
+            raise UsageError("--policy: must be a policy name such as round_robin, got ''")
+        return policy
+    if service_config is not None:
+        raw = load_service_config(service_config).raw  # bad JSON or field: exit 2
+        if "loadBalancingConfig" in raw or "loadBalancingPolicy" in raw:
+            return None
+    return "round_robin"
 
 
 async def run_calls(
@@ -226,44 +312,66 @@ async def run_calls(
     count: int,
     name: str,
     timeout: float,
-    service_config: str | None = None,
-) -> tuple[Counter[str], int]:
-    """Make ``count`` sequential SayHello calls, printing each reply; count per backend."""
-    counts: Counter[str] = Counter()
-    failed = 0
+    service_config: str | Mapping[str, Any] | None = None,
+    run: Run | None = None,
+) -> Run:
+    """Make ``count`` sequential SayHello calls, printing each reply; count per backend
+    (into ``run`` as they finish)."""
+    run = Run() if run is None else run
     async with aio.insecure_channel(
         target, policy=policy, service_config=service_config
     ) as channel:
         stub = greeter_pb2_grpc.GreeterStub(channel)
-        # Let every backend connect first, so the replies show the rotation from the start.
-        await channel.wait_for_settled(timeout=min(timeout, 2.0))
-        for _ in range(count):
-            call = stub.SayHello(greeter_pb2.HelloRequest(name=name), timeout=timeout)
-            try:
-                reply = await call
-            except grpc.aio.AioRpcError as err:
-                failed += 1
-                print(
-                    f"Call failed: {err.code().name}: {err.details()}", file=sys.stderr, flush=True
-                )
-                continue
-            print(f"Response from server: {reply.message}", flush=True)
-            counts[call.peer_address or "?"] += 1
-    return counts, failed
+        try:
+            # Let every backend connect first, so the replies show the rotation from the start.
+            await channel.wait_for_settled(timeout=min(timeout, 2.0))
+            for _ in range(count):
+                call = stub.SayHello(greeter_pb2.HelloRequest(name=name), timeout=timeout)
+                try:
+                    reply = await call
+                except grpc.aio.AioRpcError as err:
+                    run.failed += 1
+                    print(
+                        f"Call failed: {err.code().name}: {err.details()}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    continue
+                print(f"Response from server: {reply.message}", flush=True)
+                run.counts[call.peer_address or "?"] += 1
+        finally:
+            run.backends = channel.status().subchannels
+    return run
 
 
-def print_distribution(counts: Counter[str], failed: int) -> None:
+def print_distribution(run: Run) -> int:
+    """Calls per backend in target order, then each backend that could not be reached
+    and why (a run can succeed with one of its backends down). Returns the exit status:
+    130 if interrupted, 1 if a call failed, else 0."""
+    counts, failed = run.totals()
     total = sum(counts.values()) + failed
     print()
     print(f"{'backend':<28} {'calls':>6} {'share':>7}")
-    for backend, n in sorted(counts.items()):
-        print(f"{backend:<28} {n:>6} {n / total:>7.1%}")
+    order = [sc.address for sc in run.backends]
+    for backend in [*order, *(b for b in counts if b not in order)]:
+        n = counts.get(backend, 0)
+        print(f"{backend:<28} {n:>6} {n / max(total, 1):>7.1%}")
     if failed:
         print(f"{'(failed)':<28} {failed:>6} {failed / total:>7.1%}")
+    for sc in run.backends:
+        failing = sc.connectivity == "TRANSIENT_FAILURE" or bool(sc.last_error)
+        if failing and not sc.usable and sc.connectivity != "READY":
+            why = f": {sc.last_error}" if sc.last_error else ""
+            print(f"unreachable: {sc.address} ({sc.connectivity}){why}")
+    if run.interrupted:
+        print(f"interrupted after {total} calls", flush=True)
+        return 130
+    return 0 if failed == 0 else 1
 
 
 # -- demo --------------------------------------------------------------------------------------------
 async def cmd_demo(args: argparse.Namespace) -> int:
+    load_service_config(None, args.policy)  # an unknown policy: exit 2 before any server starts
     servers = [GreeterServer(0, "127.0.0.1", grace_s=1.0) for _ in range(args.servers)]
     try:
         for server in servers:
@@ -272,12 +380,16 @@ async def cmd_demo(args: argparse.Namespace) -> int:
         target = "static:///" + ",".join(f"localhost:{s.port}" for s in servers)
         print(f"Target: {target}  policy: {args.policy}", flush=True)
         print("🚀 Running the gRPC client with load balancing...", flush=True)
+        config = cli_service_config(None)
+        run = Run()
         if wants_observed_run(args):
-            counts, failed = await run_observed(target, args.policy, args)
+            done = await until_interrupted(run_observed(target, args.policy, args, config, run))
         else:
-            counts, failed = await run_calls(target, args.policy, args.count, "World", 5.0)
-        print_distribution(counts, failed)
-        return 0 if failed == 0 else 1
+            done = await until_interrupted(
+                run_calls(target, args.policy, args.count, "World", 5.0, config, run)
+            )
+        run.interrupted = done.interrupted
+        return print_distribution(run)
     finally:
         for server in servers:
             with contextlib.suppress(Exception):

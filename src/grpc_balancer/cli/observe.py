@@ -12,16 +12,65 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
 
 from grpc_balancer import aio
 from grpc_balancer._aio.channel import BalancedChannel
-from grpc_balancer._core.status import format_status
+from grpc_balancer._core.status import SubchannelStatus, format_status
 from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
+
+
+@dataclass
+class Run:
+    """What a ``call``/``demo`` run did so far: calls per backend, failed calls, and each
+    backend as the channel last saw it (in target order). Filled in as the calls go, so
+    an interrupted run (Ctrl-C) still reports what was counted."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    failed: int = 0
+    backends: tuple[SubchannelStatus, ...] = ()
+    #: the observed run's per-backend statistics (counts and failures come from there)
+    stats: CallStats | None = None
+    interrupted: bool = False
+
+    def totals(self) -> tuple[Counter[str], int]:
+        if self.stats is None:
+            return self.counts, self.failed
+        counts = Counter({b: s.calls for b, s in self.stats.backends.items() if s.calls})
+        return counts, self.stats.failed
+
+
+async def until_interrupted(work: Awaitable[Run]) -> Run:
+    """Run ``work``; a Ctrl-C (SIGINT) cancels it and marks the run interrupted, instead
+    of ending the program, so the caller can still print what was counted."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    interrupted = False
+
+    def on_sigint() -> None:
+        nonlocal interrupted
+        interrupted = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if not interrupted:
+            raise
+        return Run(interrupted=True)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+class CommandFailed(Exception):
+    """The command cannot do its work (a port in use, ...): one line, exit status 1."""
+
 
 if TYPE_CHECKING:
     from grpc_balancer.cli.live import CallStats
@@ -77,38 +126,47 @@ async def run_observed(
     target: str,
     policy: str | None,
     args: argparse.Namespace,
-    service_config: str | None = None,
-) -> tuple[Counter[str], int]:
+    service_config: str | Mapping[str, Any] | None = None,
+    run: Run | None = None,
+) -> Run:
     """Run ``args.count`` SayHello calls with the chosen concurrency and rate; count per backend."""
+    run = Run() if run is None else run
     from grpc_balancer.cli.live import CallStats, LiveView  # rich is slow to import: only here
 
     server = None
     if args.metrics_port is not None:
         from grpc_balancer import metrics
 
-        server = metrics.serve(args.metrics_port, "127.0.0.1")
+        try:
+            server = metrics.serve(args.metrics_port, "127.0.0.1")
+        except OSError as exc:
+            reason = (exc.strerror or str(exc)).lower()
+            raise CommandFailed(
+                f"--metrics-port: cannot listen on 127.0.0.1:{args.metrics_port}: {reason}"
+            ) from None
         print(f"Metrics on http://127.0.0.1:{server.server_port}/metrics", flush=True)
-    stats = CallStats()
     try:
         async with aio.insecure_channel(
             target, policy=policy, service_config=service_config
         ) as channel:
-            await channel.wait_for_settled(timeout=min(args.timeout, 2.0))
-            stats = CallStats()
-            async with _status_reports(channel, args):
-                if args.live:
-                    async with LiveView(channel, stats, args.count):
-                        await run_load(channel, stats, args)
-                else:
-                    await run_load(channel, stats, args, echo=True)
-            if args.status:
-                print(format_status(channel.status()), flush=True)
+            try:
+                await channel.wait_for_settled(timeout=min(args.timeout, 2.0))
+                stats = run.stats = CallStats()
+                async with _status_reports(channel, args):
+                    if args.live:
+                        async with LiveView(channel, stats, args.count):
+                            await run_load(channel, stats, args)
+                    else:
+                        await run_load(channel, stats, args, echo=True)
+                if args.status:
+                    print(format_status(channel.status()), flush=True)
+            finally:
+                run.backends = channel.status().subchannels
     finally:
         if server is not None:
             server.shutdown()
             server.server_close()
-    counts = Counter({b: s.calls for b, s in stats.backends.items() if s.calls})
-    return counts, stats.failed
+    return run
 
 
 @contextlib.asynccontextmanager

@@ -17,11 +17,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from grpc_balancer._etcd.settings import settings_from_target
+from grpc_balancer.cli.args import whole
 from grpc_balancer.demo.server import GreeterServer
 from grpc_balancer.errors import BalancerConfigError
 from grpc_balancer.server.registration import Registration, validate_address, validate_metadata
 
 _WILDCARDS = ("", "::", "0.0.0.0", "[::]")
+#: etcd's own limit on a lease TTL (MaxLeaseTTL).
+MAX_TTL_S = 9_000_000_000
+
 Hooks = dict[str, Callable[[GreeterServer], Awaitable[None]]]
 
 
@@ -31,7 +35,9 @@ def add_register_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--register", metavar="TARGET", help="e.g. etcd://127.0.0.1:2379/services/greeter"
     )
-    group.add_argument("--ttl", type=int, default=10, help="lease seconds (default 10)")
+    group.add_argument(
+        "--ttl", type=whole(1, MAX_TTL_S), default=10, help="lease seconds (default 10)"
+    )
     group.add_argument("--advertise", metavar="HOST:PORT", help="address clients should dial")
     group.add_argument("--metadata", metavar="JSON", help='e.g. {"zone": "eu-1", "weight": 2}')
 
@@ -46,8 +52,8 @@ def registration_hooks(args: argparse.Namespace) -> Hooks:
         return {}
     options = etcd_options_from_env(os.environ)
     settings_from_target(args.register, options)
-    if args.ttl < 1:
-        raise BalancerConfigError(f"--ttl must be at least 1 second, got {args.ttl}")
+    if not 1 <= args.ttl <= MAX_TTL_S:
+        raise BalancerConfigError(f"--ttl must be 1..{MAX_TTL_S} seconds, got {str(args.ttl)[:20]}")
     metadata = _parse_metadata(args.metadata)
     if args.advertise is not None:
         validate_address(args.advertise)
@@ -97,6 +103,8 @@ def _parse_metadata(text: str | None) -> dict[str, Any] | None:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BalancerConfigError(f"--metadata is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BalancerConfigError("--metadata is nested too deeply") from None
     if not isinstance(value, dict):
         raise BalancerConfigError(f"--metadata must be a JSON object, got {type(value).__name__}")
     return validate_metadata(value)

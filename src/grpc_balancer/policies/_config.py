@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
-from grpc_balancer._config.method_config import parse_duration
+from grpc_balancer._config.method_config import is_json_number, parse_duration, short_repr
 from grpc_balancer.errors import ServiceConfigError
+
+#: Every policy number is at most this unless the field says less (README "Policies").
+MAX_NUMBER = 1e6
 
 
 def duration(policy: str, config: Mapping[str, Any], name: str, default_s: float) -> float:
@@ -30,13 +32,16 @@ def number(
     if name not in config:
         return default
     value = config[name]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ServiceConfigError(f"{policy}: {name} must be a number, got {value!r}")
+    maximum = MAX_NUMBER if maximum is None else maximum
+    if not is_json_number(value):
+        raise ServiceConfigError(f"{policy}: {name} must be a number, got {short_repr(value)}")
     if minimum is not None and (value <= minimum if strict_minimum else value < minimum):
         relation = ">" if strict_minimum else ">="
         raise ServiceConfigError(f"{policy}: {name} must be {relation} {minimum}, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise ServiceConfigError(f"{policy}: {name} must be <= {maximum}, got {value!r}")
+    if value > maximum:
+        raise ServiceConfigError(
+            f"{policy}: {name} must be <= {maximum:g}, got {short_repr(value)}"
+        )
     return float(value)
 
 

@@ -56,7 +56,10 @@ class Policy(Protocol):
 
 PolicyFactory = Callable[[ChannelControl, Mapping[str, Any]], Policy]
 
-_REGISTRY: dict[str, PolicyFactory] = {}
+# Two tiers, so a user's registration wins whenever it happens: before or after the
+# built-in module of the same name is imported (lazily here, or directly by anyone).
+_REGISTRY: dict[str, PolicyFactory] = {}  # the user's
+_BUILTIN_FACTORIES: dict[str, PolicyFactory] = {}  # what the built-in modules register
 
 #: The built-in policies, each imported (and registering itself) on first use of its
 #: name, so a channel using round_robin never loads weighted_round_robin's ORCA protos.
@@ -78,17 +81,27 @@ def register_policy(name: str, factory: PolicyFactory) -> None:
 
     ``factory(control, config)`` is called once per channel with the policy's config
     object (``{}`` when none); it should raise :class:`ServiceConfigError` for bad fields.
+    A registration replaces an earlier one of the same name and always wins over a
+    built-in policy of that name (for channels created after it).
     """
     if not name:
         raise ValueError("policy name must not be empty")
     _REGISTRY[name] = factory
 
 
+def register_builtin_policy(name: str, factory: PolicyFactory) -> None:
+    """For grpc_balancer's own policy modules: used only where no user registered ``name``."""
+    _BUILTIN_FACTORIES[name] = factory
+
+
 def get_policy_factory(name: str) -> PolicyFactory:
-    if name not in _REGISTRY:
+    factory = _REGISTRY.get(name)
+    if factory is not None:
+        return factory
+    if name not in _BUILTIN_FACTORIES:
         _load_builtin(name)
     try:
-        return _REGISTRY[name]
+        return _BUILTIN_FACTORIES[name]
     except KeyError:
         raise UnknownPolicyError(
             f"unknown load-balancing policy {name!r} (known: {', '.join(registered_policies())})"
@@ -97,17 +110,15 @@ def get_policy_factory(name: str) -> PolicyFactory:
 
 def registered_policies() -> list[str]:
     """Every usable name: the registered ones and the built-ins (not imported for this)."""
-    return sorted(_REGISTRY.keys() | _BUILTIN.keys())
+    return sorted(_REGISTRY.keys() | _BUILTIN.keys() | _BUILTIN_FACTORIES.keys())
 
 
 def _load_builtin(name: str) -> None:
-    """The lazy seam: import the built-in module for ``name``; it registers itself, but
-    never over a registration made before (a user's own policy of the same name wins)."""
+    """The lazy seam: import the built-in module for ``name`` (it registers itself with
+    :func:`register_builtin_policy`, a tier below the user's registrations)."""
     module = _BUILTIN.get(name)
     if module is not None:
-        earlier = dict(_REGISTRY)
         importlib.import_module(module)
-        _REGISTRY.update(earlier)
 
 
 def check_config_fields(policy: str, config: Mapping[str, Any], allowed: set[str]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from grpc_balancer.errors import ServiceConfigError
 from grpc_balancer.picker import PickInfo, first_not_excluded
 from grpc_balancer.policies import _config
-from grpc_balancer.policies.base import BasePolicy, ChannelControl, register_policy
+from grpc_balancer.policies.base import BasePolicy, ChannelControl, register_builtin_policy
 from grpc_balancer.policies.slow_start import FIELD as SLOW_START
 from grpc_balancer.policies.slow_start import SlowStart, parse_slow_start
 from grpc_balancer.subchannel import Subchannel
@@ -48,6 +48,23 @@ def sample_distinct(rand: Any, n: int, k: int) -> list[int]:
         if i not in chosen:
             chosen.append(i)
     return chosen
+
+
+def _fewest_in_flight(subchannels: Sequence[Subchannel], candidates: list[int], rand: Any) -> int:
+    """The candidate with the fewest calls in flight; among equals, each is equally likely
+    (``sample_distinct`` returns ``range(n)`` in order when ``choiceCount >= n``)."""
+    best = candidates[0]
+    low = subchannels[best].in_flight
+    ties = 1
+    for i in candidates[1:]:
+        load = subchannels[i].in_flight
+        if load < low:
+            best, low, ties = i, load, 1
+        elif load == low:
+            ties += 1
+            if rand() * ties < 1.0:  # reservoir sampling: keep each tie with 1/ties
+                best = i
+    return best
 
 
 class LeastRequestPicker:
@@ -86,23 +103,22 @@ class LeastRequestPicker:
         return sc
 
     def _best(self, candidates: list[int]) -> int:
-        """Fewest in flight wins; a warming backend (slow start) is taken only with
-        probability equal to its factor, else the next candidate is considered (and if
-        all are refused, a few fresh samples are tried)."""
+        """Fewest in flight wins, ties broken uniformly at random (A48); a warming
+        backend (slow start) is taken only with probability equal to its factor, else the
+        next candidate is considered (and if all are refused, a few fresh samples are
+        tried)."""
         subchannels = self._subchannels
-        ordered = sorted(candidates, key=lambda i: subchannels[i].in_flight)
+        rand = self._rand
         factors = self._factors
         if factors is None:
-            return ordered[0]
-        rand = self._rand
+            return _fewest_in_flight(subchannels, candidates, rand)
+        ordered = candidates
         for _ in range(_SLOW_START_TRIES):
+            ordered = sorted(candidates, key=lambda i: (subchannels[i].in_flight, rand()))
             for i in ordered:
                 if factors[i] >= 1.0 or rand() < factors[i]:
                     return i
-            ordered = sorted(
-                sample_distinct(rand, self._n, self._choices),
-                key=lambda i: subchannels[i].in_flight,
-            )
+            candidates = sample_distinct(rand, self._n, self._choices)
         return ordered[0]
 
     def __repr__(self) -> str:
@@ -136,4 +152,4 @@ class LeastRequestPolicy(BasePolicy):
             self._slow_start.close()
 
 
-register_policy(NAME, LeastRequestPolicy)
+register_builtin_policy(NAME, LeastRequestPolicy)

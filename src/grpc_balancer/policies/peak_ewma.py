@@ -31,7 +31,7 @@ from grpc_balancer._core.load import LatencyEstimate
 from grpc_balancer.errors import ServiceConfigError
 from grpc_balancer.picker import PickInfo, first_not_excluded
 from grpc_balancer.policies import _config
-from grpc_balancer.policies.base import BasePolicy, ChannelControl, register_policy
+from grpc_balancer.policies.base import BasePolicy, ChannelControl, register_builtin_policy
 from grpc_balancer.policies.least_request import parse_choice_count, sample_distinct
 from grpc_balancer.subchannel import Subchannel
 
@@ -150,4 +150,4 @@ class PeakEwmaPolicy(BasePolicy):
         return PeakEwmaPicker(usable, estimates, self.choice_count, self._rng, self._clock)
 
 
-register_policy(NAME, PeakEwmaPolicy)
+register_builtin_policy(NAME, PeakEwmaPolicy)

@@ -21,7 +21,7 @@ from grpc_balancer.policies.base import (
     BasePolicy,
     ChannelControl,
     describe_unreachable,
-    register_policy,
+    register_builtin_policy,
 )
 from grpc_balancer.subchannel import Subchannel
 
@@ -103,4 +103,4 @@ class PickFirstPolicy(BasePolicy):
         return PickFirstPicker(usable[0], tuple(usable[1:]))
 
 
-register_policy(NAME, PickFirstPolicy)
+register_builtin_policy(NAME, PickFirstPolicy)

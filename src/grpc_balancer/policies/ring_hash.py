@@ -24,7 +24,7 @@ import xxhash
 from grpc_balancer.errors import ServiceConfigError
 from grpc_balancer.picker import Metadata, PickInfo
 from grpc_balancer.policies import _config
-from grpc_balancer.policies.base import BasePolicy, ChannelControl, register_policy
+from grpc_balancer.policies.base import BasePolicy, ChannelControl, register_builtin_policy
 from grpc_balancer.subchannel import Subchannel
 
 NAME = "ring_hash"
@@ -41,6 +41,10 @@ _hash = xxhash.xxh64_intdigest
 def key_hash(key: str | bytes | int) -> int:
     """The 64-bit ring position of a key (XXH64; an int hashes as its decimal text).
     ``PickInfo.hash_key`` takes such a position directly."""
+    if isinstance(key, bool) or not isinstance(key, str | bytes | int):
+        raise TypeError(
+            f"hash_key: the key must be a str, bytes or int, got {type(key).__name__} {key!r}"
+        )
     if isinstance(key, int):
         key = str(key)
     if isinstance(key, str):
@@ -209,4 +213,4 @@ class RingHashPolicy(BasePolicy):
         )
 
 
-register_policy(NAME, RingHashPolicy)
+register_builtin_policy(NAME, RingHashPolicy)

@@ -14,7 +14,7 @@ from typing import Any
 
 from grpc_balancer.picker import Picker, PickInfo, first_not_excluded
 from grpc_balancer.policies._stride import StridePicker, scale_weights
-from grpc_balancer.policies.base import BasePolicy, ChannelControl, register_policy
+from grpc_balancer.policies.base import BasePolicy, ChannelControl, register_builtin_policy
 from grpc_balancer.policies.slow_start import FIELD as SLOW_START
 from grpc_balancer.policies.slow_start import SlowStart, parse_slow_start
 from grpc_balancer.subchannel import Subchannel
@@ -72,4 +72,4 @@ class RoundRobinPolicy(BasePolicy):
             self._slow_start.close()
 
 
-register_policy(NAME, RoundRobinPolicy)
+register_builtin_policy(NAME, RoundRobinPolicy)

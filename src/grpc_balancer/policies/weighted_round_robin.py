@@ -24,7 +24,7 @@ from grpc_balancer._orca.oob import start_oob_stream
 from grpc_balancer.picker import Picker
 from grpc_balancer.policies import _config
 from grpc_balancer.policies._stride import StridePicker, scale_weights
-from grpc_balancer.policies.base import BasePolicy, ChannelControl, register_policy
+from grpc_balancer.policies.base import BasePolicy, ChannelControl, register_builtin_policy
 from grpc_balancer.policies.round_robin import RoundRobinPicker
 from grpc_balancer.policies.slow_start import FIELD as SLOW_START
 from grpc_balancer.policies.slow_start import SlowStart, parse_slow_start
@@ -198,4 +198,4 @@ class WeightedRoundRobinPolicy(BasePolicy):
         self._oob_tasks.clear()
 
 
-register_policy(NAME, WeightedRoundRobinPolicy)
+register_builtin_policy(NAME, WeightedRoundRobinPolicy)

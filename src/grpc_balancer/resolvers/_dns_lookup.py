@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Awaitable, Sequence
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import dns.asyncresolver
 import dns.exception
@@ -27,7 +28,7 @@ import dns.resolver
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.target import join_host_port
 
-_T = TypeVar("_T")
+log = logging.getLogger("grpc_balancer.resolvers.dns")
 
 
 class DnsLookupError(Exception):
@@ -102,15 +103,31 @@ async def lookup_srv(
     records = sorted(answer, key=lambda r: (r.priority, -r.weight, str(r.target), r.port))
     ttl: float | None = float(answer.rrset.ttl)
     targets = sorted({_target_name(r.target) for r in records} - {""})
-    found = await _gather(*(_addresses(resolver, t, search=search, label=label) for t in targets))
-    by_target = dict(zip(targets, found, strict=True))
+    found = await asyncio.gather(
+        *(_addresses(resolver, t, search=search, label=label) for t in targets),
+        return_exceptions=True,
+    )
+    by_target: dict[str, _Addresses] = {}
+    failed: list[DnsLookupError] = []
+    for target, result in zip(targets, found, strict=True):
+        if isinstance(result, DnsLookupError):
+            failed.append(result)
+            log.warning("skipping SRV target %s of %s: %s", target, name, result)
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            by_target[target] = result
+    if failed and not by_target:
+        raise failed[0]  # every target failed: an error (the last good list is kept)
     endpoints: list[Endpoint] = []
     seen: set[str] = set()
     for record in records:
         target = _target_name(record.target)
         if not target:  # "." means "no service here" (RFC 2782)
             continue
-        addresses = by_target[target]
+        addresses = by_target.get(target)
+        if addresses is None:  # its lookup failed (logged above)
+            continue
         ttl = _min_ttl(ttl, addresses.ttl)
         for ip in addresses.ips:
             address = join_host_port(ip, record.port)
@@ -136,11 +153,28 @@ def _target_name(name: dns.name.Name) -> str:
 async def _addresses(
     resolver: dns.asyncresolver.Resolver, host: str, *, search: bool, label: str
 ) -> _Addresses:
-    v4, v6 = await _gather(
+    """A and AAAA; a family whose query failed (REFUSED, SERVFAIL, timeout: some servers
+    and middleboxes do that to AAAA alone) is left out, as grpcio does. An error only
+    when both failed."""
+    answers = await asyncio.gather(
         _one_type(resolver, host, "A", search=search, label=label),
         _one_type(resolver, host, "AAAA", search=search, label=label),
+        return_exceptions=True,
     )
-    return _Addresses(v4.ips + v6.ips, _min_ttl(v4.ttl, v6.ttl))
+    found: list[_Addresses] = []
+    errors: list[DnsLookupError] = []
+    for answer in answers:
+        if isinstance(answer, _Addresses):
+            found.append(answer)
+        elif isinstance(answer, DnsLookupError):
+            errors.append(answer)
+        else:
+            raise answer
+    if not found:
+        raise errors[0]  # both failed: the A query's error
+    for error in errors:
+        log.debug("%s (using the other address family)", error)
+    return _Addresses([ip for a in found for ip in a.ips], _min_ttl(*(a.ttl for a in found)))
 
 
 async def _one_type(
@@ -156,18 +190,8 @@ async def _one_type(
     return _Addresses(ips, float(answer.rrset.ttl))
 
 
-async def _gather(*aws: Awaitable[_T]) -> list[_T]:
-    """Like ``asyncio.gather``, but waits for every lookup before raising the first
-    error, so no failed lookup is left running with its exception unretrieved."""
-    results = await asyncio.gather(*aws, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results  # type: ignore[return-value]
-
-
-def _min_ttl(a: float | None, b: float | None) -> float | None:
-    known = [t for t in (a, b) if t is not None]
+def _min_ttl(*ttls: float | None) -> float | None:
+    known = [t for t in ttls if t is not None]
     return min(known) if known else None
 
 

@@ -49,10 +49,30 @@ class ResolverOptions:
     max_refresh_s: float = 300.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        """Never shows a secret: ``extra`` values are shown only for keys that cannot
+        hold one (a password, token, key or credential is ``'***'``)."""
+        shown = {k: "***" if _secret(k) else v for k, v in self.extra.items()}
+        return (
+            f"ResolverOptions(min_refresh_s={self.min_refresh_s!r}, "
+            f"max_refresh_s={self.max_refresh_s!r}, extra={shown!r})"
+        )
+
+
+_SECRET_WORDS = ("pass", "pwd", "secret", "token", "key", "cred", "auth")
+
+
+def _secret(name: object) -> bool:
+    text = str(name).lower()
+    return any(word in text for word in _SECRET_WORDS)
+
 
 ResolverFactory = Callable[[Target, ResolverListener, ResolverOptions], Resolver]
 
-_REGISTRY: dict[str, ResolverFactory] = {}
+# Two tiers, so a user's registration wins whenever it happens: before or after the
+# built-in module of the same scheme is imported (lazily here, or directly by anyone).
+_REGISTRY: dict[str, ResolverFactory] = {}  # the user's
+_BUILTIN_FACTORIES: dict[str, ResolverFactory] = {}  # what the built-in modules register
 
 #: The built-in schemes, each module imported (and registering its schemes) on first use
 #: of one: only an ``etcd://`` target loads the etcd client (aetcd and etcd's protos).
@@ -63,21 +83,38 @@ _BUILTIN = {
     "dns": "grpc_balancer.resolvers.dns",
     "dns+srv": "grpc_balancer.resolvers.dns",
     "etcd": "grpc_balancer.resolvers.etcd",
+    "unix": "grpc_balancer.resolvers.passthrough",
+    "unix-abstract": "grpc_balancer.resolvers.passthrough",
+    "passthrough": "grpc_balancer.resolvers.passthrough",
 }
 
 
 def register_resolver(scheme: str, factory: ResolverFactory) -> None:
-    """Make ``scheme://`` targets resolvable by ``factory`` (replaces an earlier one)."""
+    """Make ``scheme://`` targets resolvable by ``factory``. A registration replaces an
+    earlier one of the same scheme and always wins over a built-in resolver of that
+    scheme (for channels created after it)."""
+    _REGISTRY[_check_scheme(scheme)] = factory
+
+
+def register_builtin_resolver(scheme: str, factory: ResolverFactory) -> None:
+    """For grpc_balancer's own resolver modules: used only where no user registered ``scheme``."""
+    _BUILTIN_FACTORIES[_check_scheme(scheme)] = factory
+
+
+def _check_scheme(scheme: str) -> str:
     if not scheme or not scheme[0].isalpha():
         raise ValueError(f"invalid resolver scheme {scheme!r}")
-    _REGISTRY[scheme.lower()] = factory
+    return scheme.lower()
 
 
 def get_resolver_factory(target: Target) -> ResolverFactory:
-    if target.scheme not in _REGISTRY:
+    factory = _REGISTRY.get(target.scheme)
+    if factory is not None:
+        return factory
+    if target.scheme not in _BUILTIN_FACTORIES:
         _load_builtin(target.scheme)
     try:
-        return _REGISTRY[target.scheme]
+        return _BUILTIN_FACTORIES[target.scheme]
     except KeyError:
         known = ", ".join(registered_schemes())
         raise InvalidTargetError(
@@ -87,14 +124,12 @@ def get_resolver_factory(target: Target) -> ResolverFactory:
 
 def registered_schemes() -> list[str]:
     """Every usable scheme: the registered ones and the built-ins (not imported for this)."""
-    return sorted(_REGISTRY.keys() | _BUILTIN.keys())
+    return sorted(_REGISTRY.keys() | _BUILTIN.keys() | _BUILTIN_FACTORIES.keys())
 
 
 def _load_builtin(scheme: str) -> None:
-    """The lazy seam: import the built-in module for ``scheme``; it registers its schemes,
-    but never over a registration made before (a user's own resolver of a scheme wins)."""
+    """The lazy seam: import the built-in module for ``scheme`` (it registers its schemes
+    with :func:`register_builtin_resolver`, a tier below the user's registrations)."""
     module = _BUILTIN.get(scheme)
     if module is not None:
-        earlier = dict(_REGISTRY)
         importlib.import_module(module)
-        _REGISTRY.update(earlier)

@@ -43,7 +43,11 @@ from grpc_balancer.resolvers._dns_lookup import (
     server_label,
 )
 from grpc_balancer.resolvers._hosts_file import HostsFile
-from grpc_balancer.resolvers.base import ResolverListener, ResolverOptions, register_resolver
+from grpc_balancer.resolvers.base import (
+    ResolverListener,
+    ResolverOptions,
+    register_builtin_resolver,
+)
 from grpc_balancer.target import (
     Target,
     is_ip_literal,
@@ -90,6 +94,10 @@ class DnsTarget:
         return None
 
 
+#: gRPC's port when a dns: target names none (dns:///greeter.example.com).
+DEFAULT_GRPC_PORT = 443
+
+
 def parse_dns_target(target: Target) -> DnsTarget:
     """Validate a ``dns:``/``dns+srv:`` target; :class:`InvalidTargetError` names the problem."""
     server = _parse_server(target)
@@ -109,7 +117,7 @@ def parse_dns_target(target: Target) -> DnsTarget:
     items = []
     for item in split_list(target):
         try:
-            host, port = split_host_port(item, what="address")
+            host, port = split_host_port(item, default_port=DEFAULT_GRPC_PORT, what="address")
         except InvalidTargetError as exc:
             raise InvalidTargetError(f"target {target.raw!r}: {exc}") from None
         if not is_ip_literal(host):
@@ -136,7 +144,7 @@ def _parse_server(target: Target) -> tuple[str, int] | None:
 
 
 def _check_hostname(host: str, target: Target) -> None:
-    if len(host) > 253 or not _HOSTNAME.match(host):
+    if len(host) > 253 or not _HOSTNAME.fullmatch(host):  # fullmatch: "$" lets "\n" in
         raise InvalidTargetError(f"target {target.raw!r}: {host!r} is not a valid DNS name")
 
 
@@ -340,4 +348,4 @@ def _positive_float(extra: Any, key: str, default: float) -> float:
 
 
 for _scheme in SCHEMES:
-    register_resolver(_scheme, DnsResolver)
+    register_builtin_resolver(_scheme, DnsResolver)

@@ -21,10 +21,14 @@ import random
 
 from grpc_balancer._etcd import EtcdError
 from grpc_balancer._etcd.client import EtcdClient
-from grpc_balancer._etcd.codec import BadValueError, decode_endpoint
+from grpc_balancer._etcd.codec import decode_endpoint
 from grpc_balancer._etcd.settings import BACKOFF_BASE_S, EtcdSettings, parse_etcd_target
 from grpc_balancer.endpoint import Endpoint
-from grpc_balancer.resolvers.base import ResolverListener, ResolverOptions, register_resolver
+from grpc_balancer.resolvers.base import (
+    ResolverListener,
+    ResolverOptions,
+    register_builtin_resolver,
+)
 from grpc_balancer.target import Target
 
 log = logging.getLogger("grpc_balancer.resolvers.etcd")
@@ -148,7 +152,7 @@ class EtcdResolver:
     def _apply_put(self, key: str, value: bytes, revision: int, previous: Endpoint | None) -> None:
         try:
             endpoint = decode_endpoint(value)
-        except BadValueError as exc:
+        except Exception as exc:  # BadValueError, or anything: skip this key only
             if (key, revision) not in self._warned:
                 self._warned.add((key, revision))
                 kept = f"; keeping its previous {previous.address}" if previous else ""
@@ -192,4 +196,4 @@ class EtcdResolver:
         return f"<EtcdResolver {self._target.raw!r} revision={self.revision} {state}>"
 
 
-register_resolver(SCHEME, EtcdResolver)
+register_builtin_resolver(SCHEME, EtcdResolver)

@@ -10,7 +10,11 @@ from collections.abc import Sequence
 
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.errors import InvalidTargetError
-from grpc_balancer.resolvers.base import ResolverListener, ResolverOptions, register_resolver
+from grpc_balancer.resolvers.base import (
+    ResolverListener,
+    ResolverOptions,
+    register_builtin_resolver,
+)
 from grpc_balancer.target import Target, is_ip_literal, join_host_port, split_host_port, split_list
 
 SCHEMES = ("static", "ipv4", "ipv6")
@@ -60,4 +64,4 @@ class StaticResolver:
 
 
 for _scheme in SCHEMES:
-    register_resolver(_scheme, StaticResolver)
+    register_builtin_resolver(_scheme, StaticResolver)

@@ -1,0 +1,296 @@
+"""Every benchmark figure in README.md and docs/*.md, rendered from the committed JSON
+in bench/results/. The docs hold each block between markers::
+
+    <!-- figures:NAME -->
+    ...generated markdown...
+    <!-- /figures -->
+
+``python -m bench.figures --write`` rewrites the blocks; ``python -m bench.figures``
+(no flag) exits 1 and names each stale block. tests/test_figures.py runs the check, so
+a figure that disagrees with its JSON fails the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"(<!-- figures:([\w-]+) -->\n)(.*?)(<!-- /figures -->)", re.DOTALL)
+
+
+def _json(name: str) -> Any:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def _pct(x: float, digits: int = 1) -> str:
+    return f"{x * 100:.{digits}f} %"
+
+
+def _ms(x: float) -> str:
+    return f"{x:.3g}" if x < 100 else f"{x:.0f}"
+
+
+def _ratio(x: float, digits: int = 2) -> str:
+    return f"{x:.{digits}f}×"
+
+
+# -- policies --------------------------------------------------------------------------------
+def policies_summary() -> str:
+    s1, s2, s3 = (
+        _json("policies_s1_one_slow"),
+        _json("policies_s2_stall"),
+        _json("policies_s3_two_slow"),
+    )
+    s4, s5 = _json("policies_s4_capacity_orca"), _json("policies_s5_slow_start")
+    s6, pick = _json("policies_s6_ring_hash"), _json("policies_pick_cost")
+    r1, r2, r3 = s1["results"], s2["results"], s3["results"]
+    r4, r5 = s4["results"], s5["results"]
+    oracle = r1["oracle (slow removed)"]
+    ours, rr4, grpc_wrr = (
+        r4["weighted_round_robin"],
+        r4["round_robin"],
+        r4["grpcio weighted_round_robin"],
+    )
+    best = s3["best"]
+    others = max(
+        v for p, row in pick["us_per_pick"].items() if p != "peak_ewma" for v in row.values()
+    )
+    rows = [
+        (
+            "S1: one of 5 backends 10× slower",
+            "peak_ewma p99 ≤ 1.2× oracle, p50 ≤ round_robin's",
+            f"**{_ratio(s1['peak_ewma_p99_over_oracle'])}** ({r1['peak_ewma']['p99_ms']:.1f} vs "
+            f"{oracle['p99_ms']:.1f} ms); p50 {r1['peak_ewma']['p50_ms']:.1f} vs "
+            f"{r1['round_robin']['p50_ms']:.1f} ms; round_robin p99 {_ms(r1['round_robin']['p99_ms'])} ms",
+        ),
+        (
+            "S2: one backend stalls at 2 s for 30 s, 1 s deadline",
+            "peak_ewma success ≥ 99.9 %",
+            f"**{_pct(s2['peak_ewma_success'], 2)}**; round_robin {_pct(r2['round_robin']['success'])}, "
+            f"least_request {_pct(r2['least_request']['success'], 2)}",
+        ),
+        (
+            "S3: two of five slow",
+            "best p99 ≤ 1.5× oracle",
+            f"**{_ratio(s3['best_p99_over_oracle'])}** with `{best}` "
+            f"({r3[best]['p99_ms']:.1f} vs {r3['oracle (slow removed)']['p99_ms']:.1f} ms); "
+            f"plain P2C {_ms(r3['peak_ewma']['p99_ms'])} ms",
+        ),
+        (
+            "S4: capacity 1/2/4 slots, ORCA reports",
+            "weighted_round_robin vs round_robin",
+            f"ours **{_pct(ours['success'])}** success, p99 {_ms(ours['p99_ms'])} ms, "
+            f"{ours['throughput_per_s']:.0f} calls/s; round_robin {_pct(rr4['success'])}, "
+            f"{rr4['throughput_per_s']:.0f} calls/s; grpcio's own WRR on our reports "
+            f"{_pct(grpc_wrr['success'])}, p99 {_ms(grpc_wrr['p99_ms'])} ms",
+        ),
+        (
+            "S5: two cold backends join (5× slow for 10 s)",
+            "p99 during join ≤ 1.3× steady with slow start",
+            f"round_robin + slow start **{_ratio(r5['round_robin + slow start']['join_p99_over_steady'])}**, "
+            f"least_request + slow start **{_ratio(r5['least_request + slow start']['join_p99_over_steady'])}**; "
+            f"without slow start {_ratio(r5['round_robin']['join_p99_over_steady'], 1)}",
+        ),
+        (
+            f"S6: ring_hash, {s6['keys']:,} keys over {s6['endpoints']} endpoints, one removed",
+            "moved ≤ 1.2/N, max/mean ≤ 1.25",
+            f"moved **{s6['moved_over_1_n_max']:.2f}/N** at worst, max/mean "
+            f"**{s6['spread_max_over_mean']:.2f}**",
+        ),
+        (
+            "pick cost, 3 / 100 / 10,000 endpoints, every policy",
+            "≤ 5 µs",
+            f"**≤ {pick['worst_us']:.1f} µs** (peak_ewma at 10,000; the others ≤ {others:.2f} µs)",
+        ),
+    ]
+    lines = ["| scenario | target | result |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    slow = json.dumps(s5["slow_start_config"])
+    lines += ["", f"S5's slow start: `{slow}`."]
+    return "\n".join(lines)
+
+
+def policies_results() -> str:
+    from bench.report import render
+
+    return render()
+
+
+# -- other benchmarks ------------------------------------------------------------------------
+def round_robin() -> str:
+    rr = _json("round_robin")
+    pick, cpu = rr["pick_cost_us"], rr["cpu_per_rpc"]
+    ours, theirs = cpu["us_cpu_per_rpc"]["grpc_balancer"], cpu["us_cpu_per_rpc"]["grpcio"]
+    per_round = [a / b for a, b in zip(ours, theirs, strict=True)]
+    return "\n".join(
+        [
+            "| measure | target | measured |",
+            "|---|---|---|",
+            f"| round_robin pick, 3 / 100 / 10,000 READY endpoints | ≤ 2 µs | "
+            f"{pick['3']:.2f} / {pick['100']:.2f} / {pick['10000']:.2f} µs |",
+            f"| client CPU per RPC, grpc_balancer ÷ grpcio (`--calls {cpu['calls_per_run']} "
+            f"--rounds {cpu['rounds']}`) | ≤ {cpu['target_ratio']:.2f} | {cpu['ratio']:.3f} "
+            f"(median {cpu['median_us']['grpc_balancer']:.0f} µs vs {cpu['median_us']['grpcio']:.0f} µs; "
+            f"per round {min(per_round):.2f}–{max(per_round):.2f}, the machine is shared) |",
+        ]
+    )
+
+
+def failover() -> str:
+    data = _json("failover")
+    f = data["failover"]
+    trials = f["trials"]
+    amp = {a["mode"]: a for a in data["amplification"]}
+    plain, ejection = amp["retries+throttling"], amp["retries+throttling+ejection"]
+    return "\n".join(
+        [
+            "| measure | target | result |",
+            "|---|---|---|",
+            f"| failed calls | 0 | **{f['failed_total']} of {f['calls_total']:,}** |",
+            "| p99 in the second around the kill ÷ steady p99 | ≤ 3× | "
+            + ", ".join(_ratio(t["p99_ratio"]) for t in trials)
+            + " |",
+            "| last attempt sent to the dead backend after the kill | ≤ 100 ms | "
+            + ", ".join(f"{t['last_attempt_to_dead_after_kill_ms']:.1f}" for t in trials)
+            + " ms |",
+            f"| attempts per call, one backend failing 100 %, retries + throttling | "
+            f"≤ {data['amplification_target']} | {plain['amplification']:.3f} "
+            f"({plain['failed']:,} of {plain['calls']:,} calls failed) |",
+            f"| the same with outlier ejection | ≤ {data['amplification_target']} | "
+            f"{ejection['amplification']:.3f} ({ejection['failed']} failed) |",
+        ]
+    )
+
+
+def overheads() -> str:
+    m, s = _json("metrics"), _json("sync")
+    lo, hi = min(s["ratio_per_round"]), max(s["ratio_per_round"])
+    return "\n".join(
+        [
+            "| measure | command | target | result |",
+            "|---|---|---|---|",
+            f"| client CPU per RPC, metrics on ÷ off ({m['scenario']['rounds']} interleaved rounds) | "
+            f"`{m['scenario']['command']}` | ≤ {m['target_ratio']:.2f} | median paired ratio "
+            f"**{m['paired_ratio_median']:.3f}** (ratio of medians {m['ratio_of_medians']:.3f}) |",
+            f"| sync channel CPU per RPC ÷ grpcio's sync channel with round_robin, "
+            f"{s['threads']} threads | `python -m bench.bench_sync` | ≤ {s['target_ratio']:.2f} | "
+            f"**{s['ratio']:.2f}** (per round {lo:.2f}–{hi:.2f}) |",
+        ]
+    )
+
+
+def sync() -> str:
+    s = _json("sync")
+    us = s["us_cpu_per_rpc"]
+    names = {
+        "grpc_balancer": "grpc_balancer sync channel",
+        "loop_handoff": "same, completions handed to the loop",
+        "grpcio": "grpcio sync channel, `round_robin`",
+    }
+    lines = ["| channel | median client CPU per RPC | per round |", "|---|---|---|"]
+    for key, label in names.items():
+        lines.append(
+            f"| {label} | {median(us[key]):.0f} µs | {min(us[key]):.0f}–{max(us[key]):.0f} µs |"
+        )
+    lo, hi = min(s["ratio_per_round"]), max(s["ratio_per_round"])
+    lines += [
+        "",
+        f"Ratio to grpcio: **{s['ratio']:.2f}×** (median; per round {lo:.2f}–{hi:.2f}×), target "
+        f"≤ {s['target_ratio']:.2f}×. Handing every completion to the loop thread: "
+        f"{s['loop_handoff_ratio']:.2f}×.",
+    ]
+    return "\n".join(lines)
+
+
+def dns() -> str:
+    lines = ["| record TTL | target | p50 | max | within target |", "|---|---|---|---|---|"]
+    for sc in _json("dns")["scenarios"]:
+        lines.append(
+            f"| {sc['ttl_s']} s | ≤ TTL + {sc['target_s'] - sc['ttl_s']:g} s | {sc['p50_s']:.2f} s | "
+            f"{sc['max_s']:.2f} s | {sc['within_target']}/{sc['trials']} |"
+        )
+    return "\n".join(lines)
+
+
+def etcd() -> str:
+    e = _json("etcd")
+    put, dereg = e["put_to_first_call"], e["deregister_to_last_call"]
+
+    def ms(x: float) -> str:
+        return f"{x:.1f} ms" if x < 10 else f"{x:.0f} ms"
+
+    return "\n".join(
+        [
+            "| event | trials | target | p50 | p99 | max |",
+            "|---|---|---|---|---|---|",
+            f"| a new server's key is put → first reply served by it | {put['trials']} | "
+            f"p50 ≤ {put['target_p50_ms']} ms, p99 ≤ {put['target_p99_ms']} ms | {ms(put['p50_ms'])} | "
+            f"{ms(put['p99_ms'])} | {ms(put['max_ms'])} |",
+            f"| a server deregisters → last call sent to it | {dereg['trials']} | "
+            f"≤ {dereg['target_max_ms']} ms | {ms(dereg['p50_ms'])} | {ms(dereg['p99_ms'])} | "
+            f"{ms(dereg['max_ms'])} |",
+        ]
+    )
+
+
+BLOCKS: dict[str, Callable[[], str]] = {
+    "policies-summary": policies_summary,
+    "policies-results": policies_results,
+    "round-robin": round_robin,
+    "failover": failover,
+    "overheads": overheads,
+    "sync": sync,
+    "dns": dns,
+    "etcd": etcd,
+}
+
+
+def rewrite(text: str) -> str:
+    """``text`` with every figures block re-rendered."""
+
+    def one(match: re.Match[str]) -> str:
+        name = match.group(2)
+        if name not in BLOCKS:
+            raise KeyError(f"unknown figures block {name!r} (known: {', '.join(BLOCKS)})")
+        return f"{match.group(1)}{BLOCKS[name]().rstrip()}\n{match.group(4)}"
+
+    return BLOCK.sub(one, text)
+
+
+def stale() -> list[str]:
+    """``path: block`` for each block whose text differs from its JSON."""
+    out = []
+    for path in DOCS:
+        text = path.read_text()
+        for match in BLOCK.finditer(text):
+            want = BLOCKS[match.group(2)]().rstrip() + "\n"
+            if match.group(3) != want:
+                out.append(f"{path.relative_to(ROOT)}: {match.group(2)}")
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if "--write" in argv:
+        for path in DOCS:
+            text = path.read_text()
+            new = rewrite(text)
+            if new != text:
+                path.write_text(new)
+                print(f"rewrote {path.relative_to(ROOT)}")
+        return 0
+    problems = stale()
+    for problem in problems:
+        print(f"stale figures: {problem} (run python -m bench.figures --write)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
