@@ -99,6 +99,7 @@ bench-all: bench system-deps js-deps
 	$(PY) -m bench.bench_dns
 	$(PY) -m bench.bench_etcd
 	$(PY) -m bench.bench_xds_clients
+	$(PY) -m bench.bench_xds
 	$(PY) -m bench.figures --write
 
 clean:

@@ -146,3 +146,40 @@ def test_test_hooks_are_off_unless_asked(tmp_path: Path) -> None:
         assert stream_of(serve.status(), "x") is None
     finally:
         serve.stop()
+
+
+async def test_test_hooks_break_heal_and_set_config_over_the_admin_service(
+    tmp_path: Path, backends: ServerProcesses
+) -> None:
+    import asyncio
+
+    from grpc_balancer.xds import admin
+
+    serve = Serve(write(tmp_path / "xds.json", backends.target()), "--test-hooks")
+    try:
+        async with XdsClient(serve.address, "hooks") as client:
+            ports = {s.port for s in backends.servers}
+            assert await client.ports(10) == ports
+            await until(lambda: all_acked(serve.status(), "hooks"), timeout=30)
+            await asyncio.to_thread(
+                admin.call, serve.address, admin.FAULT, {"break": ["cds", "greeter"]}
+            )
+
+            def nack() -> object:
+                stream = stream_of(serve.status(), "hooks")
+                return stream and stream["types"]["cds"]["nack"]
+
+            await until(lambda: bool(nack()), timeout=30)
+            assert "LB policy is not supported" in nack()["error"]  # type: ignore[index]
+            assert await client.ports(10) == ports  # the last good config
+            await asyncio.to_thread(admin.call, serve.address, admin.FAULT, {"heal": True})
+            await until(lambda: all_acked(serve.status(), "hooks"), timeout=30)
+            one = backends.servers[1]
+            new = {"services": {"greeter": {"target": f"static:///{one.address}"}}}
+            await asyncio.to_thread(admin.call, serve.address, admin.SET_CONFIG, new)
+            await until(client.reaches({one.port}), timeout=30)
+            with pytest.raises(Exception, match=r"services\.greeter: unknown field"):
+                bad = {"services": {"greeter": {"target": "static:///1.2.3.4:5", "x": 1}}}
+                await asyncio.to_thread(admin.call, serve.address, admin.SET_CONFIG, bad)
+    finally:
+        serve.stop()

@@ -150,3 +150,51 @@ async def test_a_control_plane_restart_leaves_clients_working_and_they_resubscri
                 await until(client.reaches(set(fleet.ports)), timeout=30)
         finally:
             await server.stop()
+
+
+async def test_ring_hash_on_a_header_keeps_each_key_on_one_backend() -> None:
+    async with (
+        GreeterFleet(3) as fleet,
+        XdsServer(config(static(fleet), [{"ring_hash": {"minRingSize": 64}}],
+                         hash_header="x-user")) as server,
+        XdsClient(server.address, "node-ring") as client,
+    ):  # fmt: skip
+        await client.ports(3)  # the channel (and its ADS stream) is made on the first call
+        await until(lambda: all_acked(server.status(), "node-ring"), timeout=30)
+        backend_of = {}
+        for user in range(20):
+            # Each key: every call on one backend (the first may still be connecting).
+            await until(lambda u=user: _one_port(client, f"user-{u}"), timeout=30)
+            (backend_of[user],) = await client.ports(3, metadata={"x-user": f"user-{user}"})
+        assert len(set(backend_of.values())) > 1  # 20 keys over 3 backends
+        for user, port in backend_of.items():  # and each stays where it is
+            assert await client.ports(3, metadata={"x-user": f"user-{user}"}) == {port}
+
+
+async def _one_port(client: XdsClient, user: str) -> bool:
+    return len(await client.ports(8, metadata={"x-user": user})) == 1
+
+
+async def test_a_full_service_config_is_accepted_by_grpcio() -> None:
+    """Route timeout and retry policy, outlier detection and circuit breakers: ACKed."""
+    service_config = {
+        "methodConfig": [
+            {"name": [{"service": "greeter.Greeter", "method": "SayHello"}], "timeout": "5s",
+             "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s",
+                             "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}},
+            {"name": [{}], "timeout": "10s"},
+        ],
+        "outlierDetection": {"interval": "1s", "failurePercentageEjection": {"threshold": 90},
+                             "successRateEjection": {}},
+        "circuitBreakers": {"maxRequests": 50},
+    }  # fmt: skip
+    async with (
+        GreeterFleet(3) as fleet,
+        XdsServer(config(static(fleet), service_config=service_config)) as server,
+        XdsClient(server.address, "node-full") as client,
+    ):
+        assert await client.ports(30) == set(fleet.ports)
+        await until(lambda: all_acked(server.status(), "node-full"), timeout=30)
+        stream = stream_of(server.status(), "node-full")
+        assert stream is not None
+        assert all(t["nack"] is None for t in stream["types"].values())

@@ -2,7 +2,8 @@
 
 Run as ``python -m tests.xds_client``; the bootstrap comes from
 ``GRPC_XDS_BOOTSTRAP_CONFIG``. It reads commands on stdin, one a line, and answers one
-JSON line each: ``call TARGET N`` → ``{"ports": [...], "errors": [...]}``.
+JSON line each: ``call TARGET N [KEY=VALUE...]`` (the pairs sent as metadata) →
+``{"ports": [...], "errors": [...]}``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main() -> None:
         if parts[0] == "quit":
             break
         target, n = parts[1], int(parts[2])
+        metadata = tuple(tuple(p.split("=", 1)) for p in parts[3:])
         channel = channels.get(target)
         if channel is None:
             channel = channels[target] = grpc.insecure_channel(target)
@@ -34,7 +36,9 @@ def main() -> None:
         ports, errors = [], []
         for _ in range(n):
             try:
-                reply = stub.SayHello(greeter_pb2.HelloRequest(name="xds"), timeout=10)
+                reply = stub.SayHello(
+                    greeter_pb2.HelloRequest(name="xds"), timeout=10, metadata=metadata
+                )
             except grpc.RpcError as err:
                 errors.append(f"{err.code().name}: {err.details()}")  # type: ignore[attr-defined]
                 continue

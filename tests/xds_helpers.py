@@ -51,11 +51,14 @@ class XdsClient:
                 proc.kill()
                 await proc.wait()
 
-    async def calls(self, n: int, target: str = "xds:///greeter") -> dict[str, list[Any]]:
+    async def calls(
+        self, n: int, target: str = "xds:///greeter", metadata: dict[str, str] | None = None
+    ) -> dict[str, list[Any]]:
         """``n`` sequential SayHello calls in the child: the serving ports and the errors."""
         proc = self.proc
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(f"call {target} {n}\n".encode())
+        pairs = "".join(f" {k}={v}" for k, v in (metadata or {}).items())
+        proc.stdin.write(f"call {target} {n}{pairs}\n".encode())
         await proc.stdin.drain()
         line = await asyncio.wait_for(proc.stdout.readline(), 60)
         if not line:
@@ -63,9 +66,9 @@ class XdsClient:
         result: dict[str, list[Any]] = json.loads(line)
         return result
 
-    async def ports(self, n: int) -> set[int]:
+    async def ports(self, n: int, metadata: dict[str, str] | None = None) -> set[int]:
         """The ports of ``n`` calls, which must all succeed."""
-        result = await self.calls(n)
+        result = await self.calls(n, metadata=metadata)
         assert result["errors"] == [], result["errors"]
         return set(result["ports"])
 

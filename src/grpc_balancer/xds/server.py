@@ -219,27 +219,25 @@ class XdsServer:
             resource_names=tuple(message.resource_names),
             error=error,
         )
-        if error is not None:
-            state = record.state.types.get(request.type_url)
-            if state is not None and state.sent_nonce == request.response_nonce:
-                log.warning(
-                    "node %r NACKed %s version %s: %s",
-                    record.node_id, SHORT.get(request.type_url), state.sent_version, error,
-                )  # fmt: skip
-                self.nacks.append(
-                    {
-                        "node": record.node_id,
-                        "type": SHORT.get(request.type_url, request.type_url),
-                        "version": state.sent_version,
-                        "error": error,
-                        "at": time.time(),
-                    }
-                )
-        return record.state.on_request(request, self._view(record).world)
+        state = record.state.types.get(request.type_url)
+        before = state.nack if state is not None else None
+        responses = record.state.on_request(request, self._view(record).world)
+        nack = record.state.types[request.type_url].nack
+        if nack is not None and nack is not before:
+            kind = SHORT.get(request.type_url, request.type_url)
+            log.warning("node %r NACKed %s version %s: %s", record.node_id, kind, nack.version,
+                        nack.error)  # fmt: skip
+            self.nacks.append(
+                {"node": record.node_id, "type": kind, "version": nack.version,
+                 "error": nack.error, "at": time.time()}
+            )  # fmt: skip
+        return responses
 
     def _view(self, record: StreamRecord) -> Built:
         assert record.caps is not None
         built = self.catalog.view(Profile(record.flavour, record.caps))
+        for warning in set(built.warnings) - set(record.warnings):
+            log.warning("node %r: %s", record.node_id, warning)
         record.warnings = built.warnings
         return built
 
