@@ -99,6 +99,7 @@ def status(server: XdsServer) -> dict[str, Any]:
                 "user_agent": record.user_agent,
                 "client": record.caps.describe() if record.caps else "",
                 "listener": record.flavour,
+                "protocol": "delta" if record.delta else "sotw",
                 "client_features": sorted(record.caps.features) if record.caps else [],
                 "connected_s": round(now - record.connected_at, 3),
                 "warnings": list(record.warnings),

@@ -1,10 +1,11 @@
-"""The ADS server: ``StreamAggregatedResources`` (state of the world) on grpc.aio.
+"""The ADS server: ``StreamAggregatedResources`` (state of the world) and
+``DeltaAggregatedResources`` (incremental) on grpc.aio.
 
 Each stream runs one loop over one queue: requests (read by a reader task) and "the
-world changed" wake-ups. The protocol decisions are :class:`.stream.StreamState`'s;
-this module decodes requests, encodes responses and keeps the records the status
-view shows. Every stream of every node is pushed a new EDS at once when a resolver
-reports a new list.
+world changed" wake-ups. The protocol decisions are :class:`.stream.StreamState`'s
+(:class:`.delta.DeltaStreamState`'s for delta); this module decodes requests, encodes
+responses and keeps the records the status view shows. Every stream of every node is
+pushed a new EDS at once when a resolver reports a new list.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from grpc_balancer.xds import admin
 from grpc_balancer.xds.capabilities import Capabilities, from_node
+from grpc_balancer.xds.delta import DeltaRequest, DeltaResponse, DeltaStreamState
 from grpc_balancer.xds.model import XdsConfig
 from grpc_balancer.xds.resources import Built, Faults, Profile, build_world
 from grpc_balancer.xds.snapshot import Catalog
@@ -51,7 +53,8 @@ class StreamRecord:
     caps: Capabilities | None = None
     flavour: str = ""
     connected_at: float = field(default_factory=time.time)
-    state: StreamState = field(default_factory=StreamState)
+    delta: bool = False
+    state: StreamState | DeltaStreamState = field(default_factory=StreamState)
     queue: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
     woken: bool = False
     warnings: tuple[str, ...] = ()
@@ -155,9 +158,15 @@ class XdsServer:
 
     # -- one stream -------------------------------------------------------------------------
     async def run_stream(
-        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        requests: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext[Any, Any],
+        *,
+        delta: bool = False,
     ) -> None:
-        record = StreamRecord(next(self._ids), context.peer())
+        record = StreamRecord(next(self._ids), context.peer(), delta=delta)
+        if delta:
+            record.state = DeltaStreamState()
         self.streams[record.id] = record
         reader = asyncio.get_running_loop().create_task(self._read(requests, record.queue))
         try:
@@ -171,11 +180,13 @@ class XdsServer:
                     record.woken = False
                     if record.caps is None:
                         continue
-                    responses = record.state.on_world(self._view(record).world)
+                    responses: Sequence[Response | DeltaResponse] = record.state.on_world(
+                        self._view(record).world
+                    )
                 else:
                     responses = self._on_request(record, item)
                 for response in responses:
-                    await context.write(self._encode(response))
+                    await context.write(_encode(response))
         except ProtocolError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         finally:
@@ -196,7 +207,7 @@ class XdsServer:
             return
         queue.put_nowait(_STOP)
 
-    def _on_request(self, record: StreamRecord, message: Any) -> list[Response]:
+    def _on_request(self, record: StreamRecord, message: Any) -> Sequence[Response | DeltaResponse]:
         if record.caps is None:
             node = message.node
             record.node_id, record.cluster = node.id, node.cluster
@@ -212,19 +223,38 @@ class XdsServer:
                 record.id, node.id, record.user_agent, record.flavour,
             )  # fmt: skip
         error = message.error_detail.message if message.HasField("error_detail") else None
-        request = Request(
-            type_url=message.type_url,
-            version_info=message.version_info,
-            response_nonce=message.response_nonce,
-            resource_names=tuple(message.resource_names),
-            error=error,
-        )
-        state = record.state.types.get(request.type_url)
+        type_url = message.type_url
+        state = record.state.types.get(type_url)
         before = state.nack if state is not None else None
-        responses = record.state.on_request(request, self._view(record).world)
-        nack = record.state.types[request.type_url].nack
+        world = self._view(record).world
+        responses: Sequence[Response | DeltaResponse]
+        if isinstance(record.state, DeltaStreamState):
+            responses = record.state.on_request(
+                DeltaRequest(
+                    type_url=type_url,
+                    subscribe=tuple(message.resource_names_subscribe),
+                    unsubscribe=tuple(message.resource_names_unsubscribe),
+                    initial_versions=dict(message.initial_resource_versions),
+                    response_nonce=message.response_nonce,
+                    error=error,
+                ),
+                world,
+            )
+        else:
+            responses = record.state.on_request(
+                Request(
+                    type_url=type_url,
+                    version_info=message.version_info,
+                    response_nonce=message.response_nonce,
+                    resource_names=tuple(message.resource_names),
+                    error=error,
+                ),
+                world,
+            )
+        request_type = type_url
+        nack = record.state.types[request_type].nack
         if nack is not None and nack is not before:
-            kind = SHORT.get(request.type_url, request.type_url)
+            kind = SHORT.get(request_type, request_type)
             log.warning("node %r NACKed %s version %s: %s", record.node_id, kind, nack.version,
                         nack.error)  # fmt: skip
             self.nacks.append(
@@ -241,20 +271,32 @@ class XdsServer:
         record.warnings = built.warnings
         return built
 
-    @staticmethod
-    def _encode(response: Response) -> Any:
-        out = discovery_pb2.DiscoveryResponse(
-            version_info=response.version,
-            type_url=response.type_url,
-            nonce=response.nonce,
-            control_plane=base_pb2.ControlPlane(identifier=CONTROL_PLANE_ID),
-        )
-        out.resources.extend(resource for _, resource in response.resources)
-        return out
-
     def status(self) -> dict[str, Any]:
         """Everything the status view shows, as JSON-ready values."""
         return admin.status(self)
+
+
+def _encode(response: Response | DeltaResponse) -> Any:
+    control_plane = base_pb2.ControlPlane(identifier=CONTROL_PLANE_ID)
+    if isinstance(response, DeltaResponse):
+        delta = discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=response.system_version,
+            type_url=response.type_url,
+            nonce=response.nonce,
+            removed_resources=list(response.removed),
+            control_plane=control_plane,
+        )
+        for name, version, resource in response.resources:
+            delta.resources.add(name=name, version=version).resource.CopyFrom(resource)
+        return delta
+    out = discovery_pb2.DiscoveryResponse(
+        version_info=response.version,
+        type_url=response.type_url,
+        nonce=response.nonce,
+        control_plane=control_plane,
+    )
+    out.resources.extend(resource for _, resource in response.resources)
+    return out
 
 
 def _check_free(host: str, port: int) -> None:
@@ -287,6 +329,4 @@ class _Ads(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[mis
     async def DeltaAggregatedResources(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "grpc-balancer serves state-of-the-world ADS only"
-        )
+        await self._server.run_stream(request_iterator, context, delta=True)

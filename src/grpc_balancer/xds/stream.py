@@ -146,7 +146,7 @@ class StreamState:
         names = [n for n in state.subscribed(available) if n in available]
         if not names and type_url not in FULL_STATE:
             return None  # an empty RDS/EDS response says nothing
-        version = _version(type_url, [(n, available[n].digest) for n in names])
+        version = digest_version(type_url, [(n, available[n].digest) for n in names])
         if not force and version == state.sent_version:
             return None
         if not force and state.nack is not None and version == state.nack.version:
@@ -170,7 +170,8 @@ def _subscribe(state: TypeState, request: Request, first: bool) -> bool:
     return changed
 
 
-def _version(type_url: str, digests: list[tuple[str, str]]) -> str:
+def digest_version(type_url: str, digests: list[tuple[str, str]]) -> str:
+    """The version of a response: a digest of the (name, digest) pairs in it."""
     h = hashlib.sha256(type_url.encode())
     for name, digest in digests:
         h.update(b"\0" + name.encode() + b"\0" + digest.encode())
