@@ -8,7 +8,7 @@ TARGET ?= static:///localhost:50051,localhost:50052
 POLICY ?= round_robin
 PROTO_DIR := src/grpc_balancer/demo
 
-.PHONY: init generate generate-into run-server run-client demo test lint typecheck pytest bench bench-all system-deps clean
+.PHONY: init generate generate-into run-server run-client demo test lint typecheck pytest bench bench-all system-deps js-deps clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -69,7 +69,16 @@ lint: init
 typecheck: init
 	$(BIN)/mypy src
 
-pytest: init system-deps
+## js-deps: the grpc-js xDS client's packages, pinned by tests/xds_js/package-lock.json,
+## installed into tests/xds_js/node_modules (never globally)
+JS_DIR := tests/xds_js
+$(JS_DIR)/node_modules/.stamp-ci: $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm not found: Node 20 and npm are needed for the grpc-js xDS tests"; exit 1; }
+	npm ci --prefix $(JS_DIR) --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+js-deps: $(JS_DIR)/node_modules/.stamp-ci
+
+pytest: init system-deps js-deps
 	$(BIN)/pytest -q
 
 ## test: lint + mypy + pytest (installs what the tests need)
@@ -81,16 +90,18 @@ bench: init
 	$(PY) -m bench.figures --write
 
 ## bench-all: the suite plus every other benchmark under bench/ (about 25 minutes)
-bench-all: bench system-deps
+bench-all: bench system-deps js-deps
 	$(PY) -m bench.bench_round_robin
 	$(PY) -m bench.bench_failover
 	$(PY) -m bench.bench_metrics
 	$(PY) -m bench.bench_sync
 	$(PY) -m bench.bench_cpu
+	$(PY) -m bench.bench_instructions
 	$(PY) -m bench.bench_dns
 	$(PY) -m bench.bench_etcd
+	$(PY) -m bench.bench_xds_clients
 	$(PY) -m bench.bench_xds
 	$(PY) -m bench.figures --write
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(JS_DIR)/node_modules

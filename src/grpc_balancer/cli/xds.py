@@ -42,6 +42,11 @@ def add_xds_parser(sub: Any) -> None:
     boot.add_argument("--server", required=True, metavar="HOST:PORT", help="the ADS server")
     boot.add_argument("--node-id", default=None, help="node id (default: the host name)")
     boot.add_argument("--cluster", default="", help="node cluster")
+    boot.add_argument(
+        "--envoy",
+        action="store_true",
+        help="an Envoy bootstrap instead (everything from ADS; admin on 127.0.0.1, any port)",
+    )
     boot.set_defaults(func=cmd_xds_bootstrap)
 
     status = cmds.add_parser("status", help="connected nodes, subscriptions, ACKs and NACKs")
@@ -111,6 +116,19 @@ async def cmd_xds_serve(args: argparse.Namespace) -> int:
 async def cmd_xds_bootstrap(args: argparse.Namespace) -> int:
     from grpc_balancer.xds.bootstrap import bootstrap_json
 
+    if args.envoy:
+        import socket
+
+        from grpc_balancer.xds.envoy import envoy_bootstrap
+
+        node_id = args.node_id or f"envoy-{socket.gethostname()}"
+        try:
+            boot = envoy_bootstrap(args.server, node_id, cluster=args.cluster or "grpc-balancer")
+        except ValueError as exc:
+            print(f"grpc-balancer xds bootstrap: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(boot, indent=2))
+        return 0
     print(bootstrap_json(args.server, args.node_id, args.cluster))
     return 0
 

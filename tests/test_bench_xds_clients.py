@@ -1,0 +1,75 @@
+"""bench/bench_xds_clients.py: the quick mode runs end to end (real etcd, grpcio and
+grpc-js xDS clients, Envoy) and writes the documented JSON; the README and docs/xds.md
+blocks are the ones rendered from the committed xds_clients.json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import bench_xds_clients as bench
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def check_schema(result: dict[str, Any]) -> None:
+    assert result["schema"] == bench.SCHEMA_VERSION
+    for key in ("command", "commit", "started_utc", "duration_s", "machine"):
+        assert key in result
+    assert [p["client"] for p in result["propagation"]] == list(bench.PROPAGATION_CLIENTS)
+    for p in result["propagation"]:
+        assert len(p["delays_ms"]) == p["trials"] >= 1
+        assert 0 < p["p50_ms"] <= p["p99_ms"] <= p["max_ms"]
+        assert p["met"] == (p["p50_ms"] <= p["target_p50_ms"] and p["p99_ms"] <= p["target_p99_ms"])
+    sides = result["envoy"]["sides"]
+    assert set(sides) == {"envoy", "direct"}
+    for name, side in sides.items():
+        assert side["calls"] > 0 and side["success"] > 0.99, (name, side)
+        assert len(side["backends"]) == 3, (name, side)  # balanced over all 3
+        assert side["client_us_per_rpc"] > 0
+        assert side["p50_ms"] <= side["p99_ms"]
+    assert sides["envoy"]["proxy_us_per_rpc"] > 0 and sides["direct"]["proxy_us_per_rpc"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_quick_run_writes_the_documented_json(tmp_path: Path, etcd_node: object) -> None:
+    # etcd_node: fails with the install command when etcd is missing (the bench starts its own)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.bench_xds_clients", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "xds_clients.json").read_text())
+    assert result["quick"] is True
+    check_schema(result)
+    for png in ("xds_propagation.png", "xds_envoy.png"):
+        assert (tmp_path / png).stat().st_size > 10_000
+    assert "| grpc-js + @grpc/grpc-js-xds |" in proc.stdout
+
+
+def test_committed_results_follow_the_schema() -> None:
+    result = json.loads((bench.RESULTS / "xds_clients.json").read_text())
+    assert result["quick"] is False
+    check_schema(result)
+    assert all(p["trials"] == 20 for p in result["propagation"])
+    assert result["envoy"]["rate"] == 1000
+
+
+@pytest.mark.parametrize("path", bench.RENDERED, ids=lambda p: p.name)
+def test_blocks_are_rendered_from_the_json(path: Path) -> None:
+    """Figures are never typed by hand: ``python -m bench.bench_xds_clients --render``."""
+    result = json.loads((bench.RESULTS / "xds_clients.json").read_text())
+    text = path.read_text()
+    begin, end = text.index(bench.BEGIN), text.index(bench.END)
+    block = text[begin + len(bench.BEGIN) : end].strip()
+    assert block == bench.render_markdown(result)

@@ -1,0 +1,81 @@
+"""grpcio's native ``xds:///`` client in a child process (its bootstrap is process-wide).
+
+The same options and the same JSON lines as tests/xds_js/client.js, so the tests and
+benchmarks read both alike::
+
+    GRPC_XDS_BOOTSTRAP_CONFIG='{...}' python -m tests.xds_grpcio_client --target xds:///greeter
+
+``--count 0`` calls until stdin closes or SIGTERM; ``--header K=V`` adds request metadata.
+Calls are sequential.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import grpc
+
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
+
+_PORT = re.compile(r"\(from :(\d+)\)")
+
+
+def emit(record: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--count", type=int, default=0)
+    parser.add_argument("--interval-ms", type=float, default=0.0)
+    parser.add_argument("--deadline-ms", type=float, default=2000.0)
+    parser.add_argument("--name", default="grpcio")
+    parser.add_argument("--header", action="append", default=[], help="KEY=VALUE metadata")
+    args = parser.parse_args(argv)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if args.count == 0:
+        threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+
+    channel = grpc.insecure_channel(args.target)
+    stub = greeter_pb2_grpc.GreeterStub(channel)
+    request = greeter_pb2.HelloRequest(name=args.name)
+    metadata = tuple(tuple(h.split("=", 1)) for h in args.header)
+    emit({"event": "start", "target": args.target, "grpcio": grpc.__version__})
+    calls = ok = 0
+    while not stop.is_set() and (args.count == 0 or calls < args.count):
+        i = calls
+        calls += 1
+        started = time.perf_counter()
+        record: dict[str, Any] = {"event": "call", "i": i}
+        try:
+            reply = stub.SayHello(request, timeout=args.deadline_ms / 1000, metadata=metadata)
+        except grpc.RpcError as exc:
+            record.update(ok=False, code=exc.code().value[0], details=exc.details())  # type: ignore[attr-defined]
+        else:
+            ok += 1
+            match = _PORT.search(reply.message)
+            record.update(ok=True, port=int(match.group(1)) if match else None)
+            record["message"] = reply.message
+        record["t_ms"] = time.time() * 1000
+        record["latency_ms"] = (time.perf_counter() - started) * 1000
+        emit(record)
+        if args.interval_ms > 0:
+            stop.wait(args.interval_ms / 1000)
+    emit({"event": "end", "calls": calls, "ok": ok})
+    channel.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
