@@ -19,8 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def check_schema(result: dict[str, Any]) -> None:
     assert result["schema"] == bench.SCHEMA_VERSION
-    for key in ("command", "commit", "started_utc", "duration_s", "machine"):
-        assert key in result
+    assert list(result["runs"]) == [p for p in bench.PARTS if p in result] == list(bench.PARTS)
+    for run in result["runs"].values():
+        for key in ("command", "commit", "started_utc", "duration_s", "machine", "quick"):
+            assert key in run
     assert [p["client"] for p in result["propagation"]] == list(bench.PROPAGATION_CLIENTS)
     for p in result["propagation"]:
         assert len(p["delays_ms"]) == p["trials"] >= 1
@@ -34,6 +36,23 @@ def check_schema(result: dict[str, Any]) -> None:
         assert side["client_us_per_rpc"] > 0
         assert side["p50_ms"] <= side["p99_ms"]
     assert sides["envoy"]["proxy_us_per_rpc"] > 0 and sides["direct"]["proxy_us_per_rpc"] == 0
+    slow = result["slow_backend"]
+    assert slow["envoy_policy"]["lb_policy"] == "LEAST_REQUEST"  # as Envoy holds it
+    assert slow["direct_policy"] == "peak_ewma"
+    assert set(slow["sides"]) == {"envoy", "direct"}
+    for name, side in slow["sides"].items():
+        assert side["calls"] > 0 and side["success"] > 0.99, (name, side)
+        assert len(side["runs"]) == 2 * slow["rounds"]
+        assert all(r["backends"] == slow["backends"] for r in side["runs"]), (name, side)
+        assert (
+            0
+            <= side["slow_share_range"][0]
+            <= side["slow_share"]
+            <= side["slow_share_range"][1]
+            <= 1
+        )
+        assert side["p50_range_ms"][0] <= side["p50_ms"] <= side["p50_range_ms"][1]
+        assert side["p50_ms"] <= side["p99_ms"]
 
 
 @pytest.mark.slow
@@ -52,9 +71,10 @@ def test_quick_run_writes_the_documented_json(tmp_path: Path, etcd_node: object)
     result = json.loads((tmp_path / "xds_clients.json").read_text())
     assert result["quick"] is True
     check_schema(result)
-    for png in ("xds_propagation.png", "xds_envoy.png"):
+    for png in ("xds_propagation.png", "xds_envoy.png", "xds_slow_backend.png"):
         assert (tmp_path / png).stat().st_size > 10_000
     assert "| grpc-js + @grpc/grpc-js-xds |" in proc.stdout
+    assert "| grpc_balancer direct, peak_ewma |" in proc.stdout
 
 
 def test_committed_results_follow_the_schema() -> None:
@@ -63,6 +83,34 @@ def test_committed_results_follow_the_schema() -> None:
     check_schema(result)
     assert all(p["trials"] == 20 for p in result["propagation"])
     assert result["envoy"]["rate"] == 1000
+    assert result["slow_backend"]["rate"] == 300 and result["slow_backend"]["rounds"] >= 3
+    assert not any(run["quick"] for run in result["runs"].values())
+
+
+def test_merge_keeps_the_other_parts_with_their_run() -> None:
+    old_run = {
+        "command": "old",
+        "commit": "a",
+        "started_utc": "t0",
+        "duration_s": 1.0,
+        "machine": {},
+        "quick": False,
+    }
+    previous = {"schema": 1, "quick": False, "propagation": [1], "envoy": {"e": 1}, **old_run}
+    new = {
+        "schema": bench.SCHEMA_VERSION,
+        "slow_backend": {"s": 1},
+        **old_run,
+        "command": "new",
+        "commit": "b",
+    }
+    merged = bench.merge(previous, new)
+    assert merged["propagation"] == [1] and merged["envoy"] == {"e": 1}
+    assert merged["slow_backend"] == {"s": 1}
+    assert [r["command"] for r in merged["runs"].values()] == ["old", "old", "new"]
+    again = bench.merge(merged, {**new, "envoy": {"e": 2}, "commit": "c"})
+    assert again["envoy"] == {"e": 2} and again["runs"]["propagation"]["commit"] == "a"
+    assert again["runs"]["envoy"]["commit"] == again["runs"]["slow_backend"]["commit"] == "c"
 
 
 @pytest.mark.parametrize("path", bench.RENDERED, ids=lambda p: p.name)
