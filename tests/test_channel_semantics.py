@@ -78,17 +78,8 @@ async def slow_fleet() -> Any:
 
 @pytest.mark.parametrize("bidi", [False, True], ids=["unary+server-stream", "with-bidi"])
 async def test_close_cancels_calls_and_streams_and_closes_every_connection(
-    channel_kind: str, slow_fleet: GreeterFleet, bidi: bool, request: pytest.FixtureRequest
+    channel_kind: str, slow_fleet: GreeterFleet, bidi: bool
 ) -> None:
-    if bidi and channel_kind == "aio":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="under pytest an ended aio bidi call stays referenced, so grpc.aio "
-                "keeps that endpoint's connection; the same sequence in a plain script "
-                "leaves no call and no connection (see the issue 11 note)",
-            )
-        )
     ports = set(slow_fleet.ports)
     ch = open_channel(channel_kind, slow_fleet.target(), policy="round_robin")
     assert await ch.wait_for_settled(15)

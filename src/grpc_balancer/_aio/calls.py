@@ -125,7 +125,8 @@ class _Call:
 
     _kind = Kind.UNARY_UNARY
     _unary_response = True
-    # What most calls never need, as class defaults (set per call only when used).
+    # Class defaults for what most calls never touch (the hottest are also set on the
+    # instance in __init__, which is faster to read than through the class hierarchy).
     _requests: AsyncRequests | None = None
     _progress: asyncio.Future[None] | None = None
     _timer: asyncio.TimerHandle | None = None
@@ -338,6 +339,8 @@ class _Call:
             self._run(self._plan.cancel("channel closed"))
 
     def _finished(self, finish: Finish) -> None:
+        if self._requests is not None:
+            self._requests.release()  # no attempt will replay them: drop them and the cycle
         if self._timer_at is not None or self._waiting_on is not None:
             self._channel.waiting_calls.discard(self)
         if self._timer is not None:

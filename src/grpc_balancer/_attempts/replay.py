@@ -74,6 +74,12 @@ class AsyncRequests:
     def commit(self) -> None:
         self._buffer.commit()
 
+    def release(self) -> None:
+        """The call is over: keep nothing, call back nobody."""
+        self._buffer.commit()
+        self._buffer.items.clear()
+        self._buffer._on_size = None
+
     # -- write mode --------------------------------------------------------------------
     def write(self, message: Any) -> None:
         if self._buffer.ended:
