@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import grpc_balancer
 from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.testing import GreeterFleet, cli_env, free_port
-from tests.etcd_cluster import EtcdCluster
+from tests.etcd_cluster import ETCDCTL, EtcdCluster
 from tests.etcd_helpers import (
     PREFIX,
     Recorder,
@@ -254,3 +255,40 @@ async def test_an_addr_with_a_newline_is_skipped_and_logged_escaped(
         message = record.getMessage()
         assert "\n" not in message and "\x01" not in message, message
     assert "\\nCRITICAL" in caplog.text  # shown, escaped
+
+
+def _put_junk(node: EtcdCluster, names: Sequence[str]) -> None:
+    """Many puts in few etcdctl runs (etcd allows 128 operations per transaction)."""
+    for start in range(0, len(names), 100):
+        ops = "\n".join(f"put {PREFIX}/{name} junk" for name in names[start : start + 100])
+        subprocess.run(
+            [ETCDCTL, f"--endpoints={node.members[0].endpoint}", "txn"],
+            input=f"\n{ops}\n\n\n",
+            text=True,
+            env={**os.environ, "ETCDCTL_API": "3"},
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+
+
+async def test_thousands_of_junk_keys_give_a_few_warnings_and_a_count(
+    etcd_node: EtcdCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "grpc_balancer.resolvers.etcd")
+    good = "127.0.0.1:2101"
+    etcd_node.etcdctl("put", f"{PREFIX}/{good}", go_value(good))
+    _put_junk(etcd_node, [f"junk-{i}" for i in range(300)])
+    rec = Recorder()
+    resolver = start_resolver(etcd_node.target(PREFIX), rec)
+    try:
+        await eventually(lambda: rec.addresses == {good})
+        listed = [r.getMessage() for r in caplog.records]
+        assert len(listed) == 6, listed  # five keys named, then one line for the rest
+        assert "skipped 295 more keys" in listed[-1]
+        _put_junk(etcd_node, [f"later-{i}" for i in range(100)])  # one watch batch
+        await eventually(lambda: any("95 more" in r.getMessage() for r in caplog.records[6:]))
+        assert len(caplog.records) == 12
+        assert rec.addresses == {good}
+    finally:
+        await resolver.close()

@@ -33,6 +33,9 @@ from grpc_balancer.target import Target
 
 log = logging.getLogger("grpc_balancer.resolvers.etcd")
 
+#: Skipped keys named one by one per read; the rest are counted in one line.
+SKIPPED_NAMED = 5
+
 SCHEME = "etcd"
 _DELETE = 1  # mvccpb.Event.EventType (0 is PUT)
 #: A watch that lived this long resets the backoff (a flapping one does not).
@@ -57,6 +60,8 @@ class EtcdResolver:
         self._rng = random.Random()
         self._entries: dict[str, Endpoint] = {}  # etcd key -> endpoint, key order
         self._warned: set[tuple[str, int]] = set()  # (key, mod_revision) already logged
+        #: Keys skipped in the current read (list or watch batch): warned about in one go.
+        self._skipped: list[str] = []
         self._last_pushed: list[Endpoint] | None = None
         self._error: str | None = None
         self._closed = False
@@ -155,14 +160,23 @@ class EtcdResolver:
         except Exception as exc:  # BadValueError, or anything: skip this key only
             if (key, revision) not in self._warned:
                 self._warned.add((key, revision))
-                kept = f"; keeping its previous {previous.address}" if previous else ""
-                log.warning("%s: skipping key %r: %s%s", self._target.raw, key, exc, kept)
+                if len(self._skipped) < SKIPPED_NAMED:
+                    kept = f"; keeping its previous {previous.address}" if previous else ""
+                    log.warning("%s: skipping key %r: %s%s", self._target.raw, key, exc, kept)
+                self._skipped.append(key)
             endpoint = previous
         if endpoint is not None:
             self._entries[key] = endpoint
 
     # -- reporting ----------------------------------------------------------------------
     def _push(self) -> None:
+        skipped, self._skipped = self._skipped, []
+        if len(skipped) > SKIPPED_NAMED:  # 10,000 junk keys: a few named, then one count
+            log.warning(
+                "%s: skipped %d more keys with values that do not parse in this read",
+                self._target.raw,
+                len(skipped) - SKIPPED_NAMED,
+            )
         if self._closed:
             return
         merged: dict[str, Endpoint] = {}
