@@ -290,3 +290,33 @@ async def test_aio_calls_in_a_backoff_end_cancelled_when_the_channel_closes() ->
         for call in calls:
             assert await call.code() is grpc.StatusCode.CANCELLED
             assert "closed" in await call.details()
+
+
+async def test_aio_calls_cancelled_in_a_backoff_or_a_pick_wait_raise_cancelled_error() -> None:
+    # as grpc.aio: awaiting a call the application cancelled raises CancelledError
+    from grpc_balancer.testing import free_port
+
+    async with GreeterFleet(1, faults=[Faults(fail_rate=1.0)]) as fleet:
+        retry_ch = grpc_balancer.aio.insecure_channel(
+            fleet.target(), service_config=retrying(backoff="30s")
+        )
+        waiting_ch = grpc_balancer.aio.insecure_channel(f"static:///127.0.0.1:{free_port()}")
+        async with retry_ch, waiting_ch:
+            await retry_ch.channel_ready()
+            in_backoff = [
+                greeter_pb2_grpc.GreeterStub(retry_ch).SayHello(Req(name=str(i)), timeout=60)
+                for i in range(100)
+            ]
+            waiting = [
+                greeter_pb2_grpc.GreeterStub(waiting_ch).SayHello(
+                    Req(name=str(i)), timeout=60, wait_for_ready=True
+                )
+                for i in range(100)
+            ]
+            await eventually(lambda: served(fleet) >= 100)  # all of them in their backoff
+            for call in in_backoff + waiting:
+                assert call.cancel()
+            outcomes = await asyncio.gather(*in_backoff, *waiting, return_exceptions=True)
+            kinds = {type(o).__name__ for o in outcomes}
+            assert kinds == {"CancelledError"}, kinds
+            assert all(c.cancelled() and c.done() for c in in_backoff + waiting)
