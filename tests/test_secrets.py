@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from grpc_balancer.resolvers.base import ResolverOptions
 
 SENTINEL = "s3ntinel-Pa55"
@@ -20,3 +22,44 @@ def test_resolver_options_repr_hides_credentials() -> None:
     for text in (repr(options), str(options), f"{options}"):
         assert SENTINEL not in text
         assert "'username': 'alice'" in text and "'query_timeout_s': 2.0" in text
+
+
+SENTINEL_TARGETS = [
+    "etcd://127.0.0.1:2379/services/greeter?passwd=SENTINEL-6f1c",
+    "etcd://127.0.0.1:2379/services/greeter?pwd=SENTINEL-6f1c&tls=1",
+    "etcd://127.0.0.1:2379/services/greeter?auth_token=SENTINEL-6f1c",
+    "dns://user:SENTINEL-6f1c@127.0.0.1:53/greeter.local:50051",
+    "static://user:SENTINEL-6f1c@/127.0.0.1:50051",
+    "etcd://user:SENTINEL-6f1c@127.0.0.1:2379/services/greeter",
+]
+
+
+@pytest.mark.parametrize("target", SENTINEL_TARGETS)
+def test_a_secret_in_a_bad_target_is_in_no_error_message(target: str) -> None:
+    import grpc_balancer
+    from grpc_balancer import parse_target
+    from grpc_balancer.target import redact_target
+
+    assert "SENTINEL-6f1c" not in redact_target(target)
+    for make in (grpc_balancer.insecure_channel, parse_target):
+        try:
+            made = make(target)
+        except grpc_balancer.BalancerConfigError as err:
+            assert "SENTINEL-6f1c" not in str(err), str(err)
+        else:  # a target that parses keeps no secret in what it shows
+            assert "SENTINEL-6f1c" not in str(made) and "SENTINEL-6f1c" not in repr(made)
+            if hasattr(made, "close"):
+                made.close()
+
+
+async def test_a_secret_in_a_bad_target_is_in_no_aio_error_message() -> None:
+    import grpc_balancer.aio
+
+    for target in SENTINEL_TARGETS:
+        try:
+            channel = grpc_balancer.aio.insecure_channel(target)
+        except ValueError as err:  # BalancerConfigError
+            assert "SENTINEL-6f1c" not in str(err), str(err)
+        else:
+            assert "SENTINEL-6f1c" not in repr(channel)
+            await channel.close()

@@ -28,12 +28,72 @@ class Target:
     def __str__(self) -> str:
         return self.raw
 
+    def __repr__(self) -> str:
+        # ``raw`` is already redacted; the parsed parts may hold a query's secret
+        return f"Target({self.raw!r})"
+
+
+#: Query parameters whose values are shown in messages (paths and switches, no secrets).
+_SHOWN_PARAMETERS = frozenset({"ca", "cert", "key", "tls"})
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/@]*)@")
+
+
+def redact_target(text: str) -> str:
+    """``text`` as it may appear in a message, a log line or status: a password in
+    ``scheme://user:password@host`` and the value of any query parameter that is not
+    a known path or switch (``?passwd=...``, a misspelt credential) become ``***``."""
+
+    def hide_password(m: re.Match[str]) -> str:
+        user, colon, _ = m.group(2).partition(":")
+        return f"{m.group(1)}{user}{':***' if colon else ''}@"
+
+    text = _USERINFO.sub(hide_password, text)
+    if "?" not in text:
+        return text
+    head, query = text.split("?", 1)
+    shown = []
+    for part in query.split("&"):
+        name, sep, _ = part.partition("=")
+        shown.append(part if not sep or name.lower() in _SHOWN_PARAMETERS else f"{name}=***")
+    return f"{head}?{'&'.join(shown)}"
+
 
 def parse_target(raw: str) -> Target:
     """Split a target URI. A bare ``host:port`` means ``dns:///host:port`` as in gRPC."""
     if not isinstance(raw, str) or not raw.strip():
         raise InvalidTargetError("target is empty")
     text = raw.strip()
+    match = _USERINFO.match(text)
+    if match and ":" in match.group(2) and not text.lower().startswith("etcd://"):
+        scheme = match.group(1)[:-3]
+        raise InvalidTargetError(
+            f"target {redact_target(text)!r}: credentials in the target (user:password@) "
+            f"are not accepted by {scheme}: targets"
+        )
+    try:
+        return _parse(text, redact_target(text))
+    except InvalidTargetError as err:
+        raise InvalidTargetError(scrub(str(err), text)) from None
+
+
+def scrub(message: str, text: str) -> str:
+    """``message`` with every secret of the target ``text`` (see :func:`redact_target`)
+    replaced by ``***``, wherever in the message it was echoed."""
+    secrets = []
+    match = _USERINFO.match(text)
+    if match and ":" in match.group(2):
+        secrets.append(match.group(2).split(":", 1)[1])
+    if "?" in text:
+        for part in text.split("?", 1)[1].split("&"):
+            name, sep, value = part.partition("=")
+            if sep and value and name.lower() not in _SHOWN_PARAMETERS:
+                secrets.append(value)
+    for secret in sorted(secrets, key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return message
+
+
+def _parse(text: str, raw: str) -> Target:
     if any(c.isspace() for c in text):
         raise InvalidTargetError(f"target {raw!r} contains whitespace")
     if "://" in text:
