@@ -292,3 +292,35 @@ async def test_thousands_of_junk_keys_give_a_few_warnings_and_a_count(
         assert rec.addresses == {good}
     finally:
         await resolver.close()
+
+
+def _put_big(node: EtcdCluster, count: int, size: int) -> None:
+    value = "x" * size  # etcdctl reads a value this large from stdin
+    for i in range(count):
+        subprocess.run(
+            [ETCDCTL, f"--endpoints={node.members[0].endpoint}", "put", f"{PREFIX}/big-{i:02}"],
+            input=value,
+            text=True,
+            env={**os.environ, "ETCDCTL_API": "3"},
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+
+
+async def test_a_prefix_larger_than_a_grpc_message_is_listed_in_pages(
+    etcd_node: EtcdCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 70 values of 1 MB: more than the 64 MiB a single reply may carry
+    caplog.set_level(logging.WARNING, "grpc_balancer")
+    good = "127.0.0.1:2201"
+    etcd_node.etcdctl("put", f"{PREFIX}/{good}", go_value(good))
+    _put_big(etcd_node, 70, 1024 * 1024)
+    rec = Recorder()
+    resolver = start_resolver(etcd_node.target(PREFIX), rec)
+    try:
+        await eventually(lambda: rec.addresses == {good}, timeout=30)
+        assert not rec.errors
+        assert resolver.listings == 1
+    finally:
+        await resolver.close()

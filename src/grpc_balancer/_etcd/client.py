@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
@@ -26,13 +27,25 @@ from grpc_balancer._etcd.settings import EtcdSettings
 
 _Metadata = tuple[tuple[str, str], ...]
 
+#: The largest reply accepted from etcd (a value is at most 1.5 MiB by etcd's default).
+MAX_MESSAGE = 64 * 1024 * 1024
+#: Keys per page when listing a prefix (halved while a page is too large to receive).
+LIST_PAGE_KEYS = 512
+
+log = logging.getLogger("grpc_balancer.etcd")
+
+
+class _TooLarge(Exception):
+    """A Range reply would exceed MAX_MESSAGE."""
+
+
 #: Channel options: detect a silent (partitioned) member by keepalive, within etcd's
 #: enforcement policy (it refuses pings more often than every 5 s).
 _CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 0),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1_000),
     ("grpc.use_local_subchannel_pool", 1),
@@ -118,10 +131,66 @@ class EtcdClient:
 
     # -- KV -----------------------------------------------------------------------------
     async def get_prefix(self, prefix: str) -> Any:
-        """A linearizable read of every key under ``prefix`` (a ``RangeResponse``)."""
+        """A linearizable read of every key under ``prefix`` (one ``RangeResponse``).
+
+        Read in pages at one revision (a consistent snapshot, as etcd's own clients
+        page with ``limit`` and a range continuation), so a prefix larger than a gRPC
+        message still lists; a page too large is read again halved, and a single
+        value too large to receive at all is skipped with a warning."""
         key = prefix.encode()
-        request = rpc.RangeRequest(key=key, range_end=prefix_range_end(key))
-        return await self._unary(rpc.KVStub(self._ch()).Range, request)
+        end = prefix_range_end(key)
+        kvs: list[Any] = []
+        header: Any = None
+        start, page = key, LIST_PAGE_KEYS
+        while True:
+            request = rpc.RangeRequest(
+                key=start, range_end=end, limit=page, revision=header.revision if header else 0
+            )
+            try:
+                reply = await self._ch_range(request)
+            except _TooLarge:
+                if page > 1:
+                    page = max(1, page // 2)
+                    continue
+                skipped = await self._first_key(start, end, header)
+                log.warning(
+                    "etcd %s: skipping key %r: its value is larger than a gRPC message (%d MiB)",
+                    self.endpoint,
+                    skipped.decode(errors="replace"),
+                    MAX_MESSAGE // (1024 * 1024),
+                )
+                start = skipped + b"\0"
+                continue
+            if header is None:
+                header = reply.header
+            kvs.extend(reply.kvs)
+            if not reply.more or not reply.kvs:
+                break
+            start = reply.kvs[-1].key + b"\0"
+        return rpc.RangeResponse(header=header, kvs=kvs, count=len(kvs))
+
+    async def _ch_range(self, request: Any) -> Any:
+        try:
+            return await rpc.KVStub(self._ch()).Range(
+                request, timeout=self.settings.request_timeout_s, metadata=self._auth
+            )
+        except grpc.aio.AioRpcError as err:
+            if err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise _TooLarge() from None
+            raise self.error(err) from None
+
+    async def _first_key(self, start: bytes, end: bytes, header: Any) -> bytes:
+        request = rpc.RangeRequest(
+            key=start,
+            range_end=end,
+            limit=1,
+            keys_only=True,
+            revision=header.revision if header else 0,
+        )
+        reply = await self._unary(rpc.KVStub(self._ch()).Range, request)
+        if not reply.kvs:
+            raise EtcdError(f"etcd {self.endpoint}: a value under {start!r} is too large to read")
+        return bytes(reply.kvs[0].key)
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> None:
         request = rpc.PutRequest(key=key.encode(), value=value, lease=lease)
