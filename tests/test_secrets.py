@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from grpc_balancer.resolvers.base import ResolverOptions
@@ -63,3 +65,24 @@ async def test_a_secret_in_a_bad_target_is_in_no_aio_error_message() -> None:
         else:
             assert "SENTINEL-6f1c" not in repr(channel)
             await channel.close()
+
+
+async def test_an_etcd_password_is_in_no_log_line_status_or_repr(
+    etcd_node: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import grpc_balancer.aio
+    from grpc_balancer.resolvers.base import ResolverOptions as Options
+
+    caplog.set_level(logging.DEBUG, "grpc_balancer")
+    options = Options(extra={"username": "root", "password": "SENTINEL-6f1c"})
+    channel = grpc_balancer.aio.insecure_channel(
+        etcd_node.target("services/greeter"), resolver_options=options
+    )
+    async with channel:
+        await channel.wait_for_settled(5)  # etcd has no auth enabled: the login fails
+        shown = [repr(channel), repr(options), str(channel.status().as_dict())]
+    shown += [record.getMessage() for record in caplog.records]
+    assert not [s for s in shown if "SENTINEL-6f1c" in s]
+    assert any("root" in s or "auth" in s.lower() for s in shown), shown  # the login was tried
