@@ -404,7 +404,14 @@ class _Driven:
                     self._cond.notify_all()
                     return
                 step = self._inbox.popleft()
-                actions = step()
+                try:
+                    actions = step()
+                except BaseException:
+                    # a bug (PlanError): never leave the call driven by nobody
+                    self._driving = False
+                    self._inbox.clear()
+                    self._cond.notify_all()
+                    raise
                 rearm = self._plan.wake_at if self._plan.wake_at != self._timer_at else None
                 self._timer_at = self._plan.wake_at
                 waiting = self._plan.waiting_on
