@@ -7,6 +7,7 @@ decisions themselves are unit-tested in tests/test_attempt_plan.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from typing import Any
 
@@ -320,3 +321,24 @@ async def test_aio_calls_cancelled_in_a_backoff_or_a_pick_wait_raise_cancelled_e
             kinds = {type(o).__name__ for o in outcomes}
             assert kinds == {"CancelledError"}, kinds
             assert all(c.cancelled() and c.done() for c in in_backoff + waiting)
+
+
+async def test_sync_stream_result_is_none_or_the_error_as_grpcio() -> None:
+    async with GreeterFleet(2, faults=[Faults(), Faults(fail_rate=1.0)]) as fleet:
+
+        def run(address: str) -> tuple[Any, Any]:
+            with grpc_balancer.insecure_channel(f"static:///{address}") as ch:
+                call = greeter_pb2_grpc.GreeterStub(ch).SayHelloStream(
+                    Req(name="r", count=2), timeout=10
+                )
+                with contextlib.suppress(grpc.RpcError):
+                    list(call)  # as with grpcio, a stream ends once it is read
+                try:
+                    return call.result(10), call.code()
+                except grpc.RpcError as err:
+                    return err, call.code()
+
+        ok = await asyncio.to_thread(run, fleet.addresses[0])
+        failed = await asyncio.to_thread(run, fleet.addresses[1])
+        assert ok == (None, grpc.StatusCode.OK)
+        assert isinstance(failed[0], grpc.RpcError) and failed[1] is UNAVAILABLE

@@ -747,7 +747,15 @@ class BalancedStream(_Driven, _CallFuture):
         return self._plan.done or self._cancelled
 
     def result(self, timeout: float | None = None) -> Any:
-        raise NotImplementedError("a response stream has no single result: iterate it")
+        """As grpcio's stream call: block until the call ends; None, or its error."""
+        self._settle()
+        if not self._wait_until(lambda: self._plan.done, timeout):
+            raise grpc.FutureTimeoutError()
+        if self._outcome().code is _OK:
+            return None
+        if self._cancelled:
+            raise grpc.FutureCancelledError()
+        raise self._error()
 
     def exception(self, timeout: float | None = None) -> Any:
         if not self._wait_until(lambda: self._plan.done, timeout):
