@@ -150,7 +150,13 @@ def test_channels_and_calls_with_builtin_policies_stay_lean() -> None:
         ("import grpc_balancer.cli.live", {"rich"}),
         ("import grpc_balancer.xds", {"grpc_balancer.xds"}),
         ("from grpc_balancer.xds.server import XdsServer", {"grpc_balancer.xds", "envoy"}),
-        ("import grpc_balancer.demo.server", {"grpc_balancer.demo", "grpc_reflection.v1alpha"}),
+        ("import grpc_balancer.demo.server", {"grpc_balancer.demo"}),
+        (
+            "from grpc_balancer.demo.server import enable_reflection\n"
+            "import grpc.aio\n"
+            "enable_reflection(grpc.aio.server())",
+            {"grpc_balancer.demo", "grpc_reflection.v1alpha"},
+        ),
     ],
 )
 def test_each_optional_module_loads_on_first_use(first_use: str, loads: set[str]) -> None:
@@ -212,3 +218,51 @@ def test_demo_messages_are_in_a_private_pool_and_unchanged_on_the_wire() -> None
         "09000000000000e03f31000000000000294039000000000000f03f420c0a016111000000000000f83f"
     )
     assert orca_pb2.DESCRIPTOR.name == "grpc_balancer/_orca/orca.proto"
+
+
+_WITHOUT_REFLECTION = """
+import importlib.abc, sys
+
+class Hide(importlib.abc.MetaPathFinder):  # a default install: no grpcio-reflection
+    def find_spec(self, name, path, target=None):
+        if name == "grpc_reflection" or name.startswith("grpc_reflection."):
+            raise ImportError(name)
+        return None
+
+sys.meta_path.insert(0, Hide())
+import asyncio
+import grpc_balancer, grpc_balancer.aio
+assert not [m for m in sys.modules if m.startswith("grpc_reflection")], "loaded"
+from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
+from grpc_balancer.demo.server import GreeterServer
+
+async def main():
+    server = GreeterServer(port=0)
+    port = await server.start()
+    try:
+        async with grpc_balancer.aio.insecure_channel(f"static:///127.0.0.1:{port}") as ch:
+            reply = await greeter_pb2_grpc.GreeterStub(ch).SayHello(
+                greeter_pb2.HelloRequest(name="x"), timeout=10
+            )
+            print(reply.message)
+    finally:
+        await server.stop(0)
+
+asyncio.run(main())
+"""
+
+
+def test_without_the_reflection_extra_nothing_loads_it_and_the_demo_serves() -> None:
+    # grpcio's own `import grpc` imports an installed grpc_reflection (its grpc.reflection
+    # shim), so grpcio-reflection is the optional `reflection` extra; without it
+    # `import grpc_balancer` loads none of it and the demo serves all but reflection
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_REFLECTION],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(Path(__file__).resolve().parent.parent),
+        env=cli_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Hello x" in proc.stdout

@@ -21,7 +21,6 @@ import grpc.aio
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.demo.servicer import SERVICE_NAME, Faults, GreeterServicer
@@ -94,12 +93,7 @@ class GreeterServer:
         self.servicer = GreeterServicer(port, self.faults)
         greeter_pb2_grpc.add_GreeterServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        names = (
-            greeter_pb2.DESCRIPTOR.services_by_name["Greeter"].full_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        )
-        reflection.enable_server_reflection(names, server, pool=reflection_pool())
+        enable_reflection(server)
         await server.start()
         self._server = server
         await self.set_serving(True)
@@ -155,13 +149,26 @@ class GreeterServer:
             await self._server.wait_for_termination()
 
 
-def reflection_pool() -> descriptor_pool.DescriptorPool:
-    """The files reflection describes: the greeter (from its private pool), health and
-    reflection itself (from the default pool). None of them imports another file."""
+def enable_reflection(server: grpc.aio.Server) -> bool:
+    """Serve reflection when the optional grpcio-reflection is installed (the
+    ``reflection`` extra); without it the demo serves everything else. It is an extra
+    because grpcio imports an installed ``grpc_reflection`` on every ``import grpc``."""
+    try:
+        from grpc_reflection.v1alpha import reflection, reflection_pb2
+    except ImportError:
+        return False
+    names = (
+        greeter_pb2.DESCRIPTOR.services_by_name["Greeter"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    )
+    # The files reflection describes: the greeter (from its private pool), health and
+    # reflection itself (from the default pool). None of them imports another file.
     pool = descriptor_pool.DescriptorPool()
     for file in (greeter_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
         pool.AddSerializedFile(file.serialized_pb)
-    return pool
+    reflection.enable_server_reflection(names, server, pool=pool)
+    return True
 
 
 def _bind_failure(host: str, port: int) -> str | None:
