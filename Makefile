@@ -21,9 +21,10 @@ $(VENV)/.stamp-installed: $(BIN)/activate pyproject.toml
 ## init: create .venv and install the package with its dev extras
 init: $(VENV)/.stamp-installed
 
-## generate: regenerate the greeter's and ORCA's protobuf code (namespaced file paths)
-# -Isrc: the files register as grpc_balancer/demo/greeter.proto and
-# grpc_balancer/_orca/orca.proto (never clashing with a user's greeter.proto or orca.proto)
+## generate: regenerate the greeter's, ORCA's and the load probe's protobuf code (namespaced paths)
+# -Isrc: the files register as grpc_balancer/demo/greeter.proto,
+# grpc_balancer/_orca/orca.proto and grpc_balancer/_probe/probe.proto (never clashing
+# with a user's greeter.proto, orca.proto or probe.proto)
 # and the generated code imports grpc_balancer.demo.greeter_pb2. The greeter keeps
 # package greeter (wire name /greeter.Greeter/SayHello), so its descriptors go to a
 # private pool: a user's own greeter.HelloRequest can live in the default pool.
@@ -38,6 +39,8 @@ generate-into:
 		--grpc_python_out=$(GEN_OUT) src/grpc_balancer/demo/greeter.proto
 	$(PY) -m grpc_tools.protoc -Isrc --python_out=$(GEN_OUT) --pyi_out=$(GEN_OUT) \
 		src/grpc_balancer/_orca/orca.proto
+	$(PY) -m grpc_tools.protoc -Isrc --python_out=$(GEN_OUT) --pyi_out=$(GEN_OUT) \
+		src/grpc_balancer/_probe/probe.proto
 	sed -i 's/^DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(/# A private pool, not the default one: see `make generate`.\nPOOL = _descriptor_pool.DescriptorPool()\nDESCRIPTOR = POOL.AddSerializedFile(/' \
 		$(GEN_OUT)/grpc_balancer/demo/greeter_pb2.py
 	grep -q '^DESCRIPTOR = POOL.AddSerializedFile(' $(GEN_OUT)/grpc_balancer/demo/greeter_pb2.py

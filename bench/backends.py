@@ -16,6 +16,7 @@ from typing import Any
 from grpc_balancer.demo.server import GreeterServer
 from grpc_balancer.demo.servicer import Faults
 from grpc_balancer.server.load_reports import LoadReporter
+from grpc_balancer.server.probes import LoadProbes
 
 
 def _faults(spec: dict[str, Any]) -> Faults:
@@ -31,7 +32,10 @@ async def main(specs: list[dict[str, Any]]) -> None:
     for spec in specs:
         faults = _faults(spec)
         reporter = LoadReporter(capacity=faults.max_concurrency) if spec.get("orca") else None
-        server = GreeterServer(0, "127.0.0.1", faults=faults, grace_s=0.1, load_reporter=reporter)
+        probes = LoadProbes() if spec.get("probes") else None
+        server = GreeterServer(
+            0, "127.0.0.1", faults=faults, grace_s=0.1, load_reporter=reporter, probes=probes
+        )
         await server.start()
         servers.append(server)
     print(json.dumps({"ports": [s.port for s in servers]}), flush=True)

@@ -18,6 +18,8 @@ GENERATED = (
     "grpc_balancer/demo/greeter_pb2_grpc.py",
     "grpc_balancer/_orca/orca_pb2.py",
     "grpc_balancer/_orca/orca_pb2.pyi",
+    "grpc_balancer/_probe/probe_pb2.py",
+    "grpc_balancer/_probe/probe_pb2.pyi",
 )
 
 

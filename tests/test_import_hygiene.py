@@ -25,6 +25,8 @@ LAZY = (
     "grpc_balancer.demo",
     "grpc_balancer.cli",
     "grpc_balancer._orca",
+    "grpc_balancer._probe",
+    "grpc_balancer.server.probes",
     "grpc_balancer._etcd.client",
     "grpc_balancer.resolvers.etcd",
     "grpc_balancer.metrics",
@@ -88,7 +90,11 @@ def probe(body: str) -> dict[str, list[str]]:
 
 
 def test_our_protos_have_namespaced_paths() -> None:
-    assert OUR_PROTOS == ["grpc_balancer/_orca/orca.proto", "grpc_balancer/demo/greeter.proto"]
+    assert OUR_PROTOS == [
+        "grpc_balancer/_orca/orca.proto",
+        "grpc_balancer/_probe/probe.proto",
+        "grpc_balancer/demo/greeter.proto",
+    ]
 
 
 def test_import_loads_no_optional_module_and_registers_no_proto() -> None:
@@ -145,6 +151,11 @@ def test_channels_and_calls_with_builtin_policies_stay_lean() -> None:
             {"grpc_balancer._orca"},
         ),
         ("import grpc_balancer.server.load_reports", {"grpc_balancer._orca"}),
+        (
+            "grpc_balancer.aio.insecure_channel('static:///a:1', policy='prequal')",
+            {"grpc_balancer._probe"},
+        ),
+        ("import grpc_balancer.server.probes", {"grpc_balancer._probe"}),
         ("import grpc_balancer.metrics; grpc_balancer.metrics.enable()", {"prometheus_client"}),
         ("import grpc_balancer.otel", {"grpc_balancer.metrics", "opentelemetry"}),
         ("import grpc_balancer.cli.live", {"rich"}),
@@ -166,7 +177,8 @@ def test_each_optional_module_loads_on_first_use(first_use: str, loads: set[str]
     # Whatever loads, nothing of ours lands in the default pool under a bare name, and the
     # greeter's symbols never do (the ORCA messages are package grpc_balancer.orca.v3).
     assert set(report["files"]) <= {
-        "grpc_balancer/_orca/orca.proto", "rpc.proto", "kv.proto", "auth.proto"
+        "grpc_balancer/_orca/orca.proto", "grpc_balancer/_probe/probe.proto",
+        "rpc.proto", "kv.proto", "auth.proto",
     }  # fmt: skip
     assert "greeter.HelloRequest" not in report["symbols"]
     if first_use == "import grpc_balancer.xds":  # the config and bootstrap need no protos

@@ -284,6 +284,19 @@ class Subchannel:
         """Start a unary-stream call on this connection (health ``Watch``, ORCA)."""
         raise NotImplementedError
 
+    async def unary_call(
+        self,
+        method: str,
+        request: Any,
+        *,
+        request_serializer: Callable[[Any], bytes],
+        response_deserializer: Callable[[bytes], Any],
+        timeout: float,
+    ) -> Any:
+        """One unary call on this connection outside the balanced call path (prequal's
+        load probes): the response, or :class:`StreamError` with its status."""
+        raise NotImplementedError
+
     def close_transport(self) -> None:
         """Close the connection soon, without waiting."""
 

@@ -26,6 +26,7 @@ from grpc_balancer.demo.servicer import Faults
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.resolvers.base import ResolverListener, ResolverOptions, register_resolver
 from grpc_balancer.server.load_reports import LoadReporter
+from grpc_balancer.server.probes import LoadProbes
 from grpc_balancer.target import Target
 
 _ids = itertools.count(1)
@@ -114,9 +115,15 @@ class GreeterFleet:
     """N in-process greeter servers on 127.0.0.1 ephemeral ports."""
 
     def __init__(
-        self, n: int, faults: Sequence[Faults] | None = None, *, orca: bool = False
+        self,
+        n: int,
+        faults: Sequence[Faults] | None = None,
+        *,
+        orca: bool = False,
+        probes: bool = False,
     ) -> None:
-        """``orca``: each server sends ORCA load reports (capacity = its max_concurrency)."""
+        """``orca``: each server sends ORCA load reports (capacity = its max_concurrency);
+        ``probes``: each answers prequal's load probes."""
         self.servers = [
             GreeterServer(
                 0,
@@ -126,6 +133,7 @@ class GreeterFleet:
                 load_reporter=LoadReporter(capacity=faults[i].max_concurrency if faults else 0)
                 if orca
                 else None,
+                probes=LoadProbes() if probes else None,
             )
             for i in range(n)
         ]

@@ -75,6 +75,25 @@ class AioSubchannel(Subchannel):
         )
         return _AioServerStream(stream(request, wait_for_ready=wait_for_ready))
 
+    async def unary_call(
+        self,
+        method: str,
+        request: Any,
+        *,
+        request_serializer: Callable[[Any], bytes],
+        response_deserializer: Callable[[bytes], Any],
+        timeout: float,
+    ) -> Any:
+        call = self.channel.unary_unary(
+            method,
+            request_serializer=request_serializer,
+            response_deserializer=response_deserializer,
+        )
+        try:
+            return await call(request, timeout=timeout, wait_for_ready=False)
+        except grpc.aio.AioRpcError as err:
+            raise StreamError(err.code(), err.details() or "") from None
+
     def close_transport(self) -> None:
         with contextlib.suppress(RuntimeError):
             asyncio.get_running_loop().create_task(self._close_channel())

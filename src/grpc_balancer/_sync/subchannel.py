@@ -7,7 +7,8 @@ connection, as grpcio has one per endpoint), through the transport seam of
 
 * connectivity: ``grpc.Channel.subscribe(callback, try_to_connect=True)``; grpcio calls
   back on its own threads, the callback only hands the state to the loop thread;
-* the probe: a sync ``.future()`` call whose done callback resolves a loop future;
+* the probe, and side unary calls (load probes): a sync ``.future()`` call whose done
+  callback resolves a loop future;
 * a server stream: a sync response iterator can only be read by blocking, so each
   stream has one small daemon thread that posts every message to the loop; cancelling
   the call ends the thread, and closing the subchannel joins it.
@@ -154,6 +155,41 @@ class SyncSubchannel(Subchannel):
             b"", timeout=1.0, wait_for_ready=False
         )
         call.add_done_callback(on_done)
+        try:
+            return await done
+        finally:
+            call.cancel()
+
+    # -- side unary calls (load probes) -----------------------------------------------------
+    async def unary_call(
+        self,
+        method: str,
+        request: Any,
+        *,
+        request_serializer: Callable[[Any], bytes],
+        response_deserializer: Callable[[bytes], Any],
+        timeout: float,
+    ) -> Any:
+        if self._channel_closed:
+            raise StreamError(grpc.StatusCode.CANCELLED, "subchannel closed")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+
+        def resolve(future: Any) -> None:  # on the loop thread
+            if done.done():
+                return
+            code = future.code()
+            if code is grpc.StatusCode.OK:
+                done.set_result(future.result())
+            else:
+                done.set_exception(StreamError(code, future.details() or ""))
+
+        call: Any = self.channel.unary_unary(
+            method,
+            request_serializer=request_serializer,
+            response_deserializer=response_deserializer,
+        ).future(request, timeout=timeout, wait_for_ready=False)
+        call.add_done_callback(lambda future: self._call_soon(resolve, future))
         try:
             return await done
         finally:

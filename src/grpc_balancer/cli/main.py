@@ -37,6 +37,7 @@ from grpc_balancer.demo.server import GreeterServer, serve_forever
 from grpc_balancer.demo.servicer import Faults
 from grpc_balancer.errors import BalancerConfigError
 from grpc_balancer.server.load_reports import LoadReporter
+from grpc_balancer.server.probes import LoadProbes
 from grpc_balancer.server.registration import RegistrationError
 from grpc_balancer.target import parse_port
 
@@ -132,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--orca",
         action="store_true",
         help="send ORCA load reports (trailer and out-of-band) for weighted_round_robin",
+    )
+    serve.add_argument(
+        "--probes",
+        action="store_true",
+        help="answer load probes (requests in flight, latency) for the prequal policy",
     )
     add_register_args(serve)
     serve.set_defaults(func=cmd_serve)
@@ -244,6 +250,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         grace_s=args.grace,
         drain_delay_s=args.drain,
         load_reporter=reporter,
+        probes=LoadProbes() if args.probes else None,
     )
     hooks = registration_hooks(args)  # --register: validated before the server starts
     try:

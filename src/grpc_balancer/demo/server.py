@@ -25,6 +25,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.demo.servicer import SERVICE_NAME, Faults, GreeterServicer
 from grpc_balancer.server.load_reports import LoadReporter
+from grpc_balancer.server.probes import LoadProbes
 
 log = logging.getLogger("grpc_balancer.server")
 
@@ -48,6 +49,7 @@ class GreeterServer:
         grace_s: float = 5.0,
         drain_delay_s: float = 0.0,
         load_reporter: LoadReporter | None = None,
+        probes: LoadProbes | None = None,
     ) -> None:
         self.host = host
         self.requested_port = port
@@ -57,6 +59,8 @@ class GreeterServer:
         self.drain_delay_s = drain_delay_s
         #: ORCA load reports (trailer + out-of-band service) when set; see load_reports.py
         self.load_reporter = load_reporter
+        #: Load probes for the prequal policy when set; see server/probes.py
+        self.probes = probes
         self.health = HealthServicer()
         self.servicer: GreeterServicer | None = None
         self._server: grpc.aio.Server | None = None
@@ -72,13 +76,19 @@ class GreeterServer:
         return f"{host}:{self.port}"
 
     async def start(self) -> int:
-        reporter = self.load_reporter
+        reporter, probes = self.load_reporter, self.probes
+        interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
+        if probes is not None:
+            interceptors.append(probes.interceptor())
+        if reporter is not None:
+            interceptors.append(reporter.interceptor())
         server = grpc.aio.server(
-            interceptors=None if reporter is None else [reporter.interceptor()],
-            options=[("grpc.so_reuseport", 0)],
+            interceptors=interceptors or None, options=[("grpc.so_reuseport", 0)]
         )
         if reporter is not None:
             reporter.add_oob_service(server)
+        if probes is not None:
+            probes.add_service(server)
         bind = f"{self.address.rsplit(':', 1)[0]}:{self.requested_port}"
         why = _bind_failure(self.host, self.requested_port) if self.requested_port else None
         if why is None:

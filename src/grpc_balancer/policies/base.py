@@ -71,6 +71,7 @@ _BUILTIN = {
         "weighted_round_robin",
         "least_request",
         "peak_ewma",
+        "prequal",
         "ring_hash",
     )
 }

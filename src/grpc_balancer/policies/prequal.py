@@ -1,0 +1,419 @@
+"""prequal (Wydrowski et al., "Load is not what you should balance", NSDI '24): pick
+by requests in flight (RIF) and latency learned from asynchronous probes.
+
+Each channel keeps a small **probe pool** (``probePoolSize``, 16) of answers from
+``grpc_balancer.probe.v1.LoadProbe/Probe`` (:mod:`grpc_balancer.server.probes`): the
+server's RIF (every client's calls) and the latency of its recent calls at about that
+RIF. Probes never delay a call: each pick asks for ``probesPerCall`` probes (a fraction
+accumulates), sent from the event loop afterwards to targets sampled without
+replacement, and an idle channel probes one backend every ``idleProbeInterval``.
+
+The **hot-cold lexicographic rule** picks from the pool: a backend is *hot* when its
+RIF is above the ``rifQuantile`` (0.84) quantile of the RIFs probes recently reported;
+the cold entry with the lowest latency wins, and if every entry is hot, the one with the
+lowest RIF. An entry's RIF counts this client's own calls to that backend sent after the
+probe and still in flight (the probe could not see them), so one answer is not
+stampeded.
+
+Maintenance keeps the pool fresh and useful: an entry is used at most ``maxReuse``
+times, dropped at ``maxProbeAge``, the **oldest** entry makes room when a probe
+arrives at a full pool, and the **worst** (highest-RIF hot, else slowest) is removed
+``removeWorstPerCall`` times per call. With an empty pool (start-up, probes failing)
+the pick is a power of two choices on this client's in-flight calls.
+
+A backend that does not serve the probe (UNIMPLEMENTED) is logged once and then
+balanced by this client's own view: its in-flight calls and its latency estimate
+stand in for probe answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+import math
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import grpc
+
+from grpc_balancer._probe import METHOD, ProbeRequest, ProbeResponse
+from grpc_balancer.errors import ServiceConfigError
+from grpc_balancer.picker import PickInfo, first_not_excluded
+from grpc_balancer.policies import _config
+from grpc_balancer.policies.base import BasePolicy, ChannelControl, register_builtin_policy
+from grpc_balancer.subchannel import StreamError, Subchannel
+
+log = logging.getLogger("grpc_balancer.policies.prequal")
+
+NAME = "prequal"
+#: How many recent probe answers the hot/cold RIF quantile is taken over.
+RIF_HISTORY = 64
+#: A backend that answered UNIMPLEMENTED is probed again after this long (it may
+#: have been upgraded meanwhile).
+UNPROBED_RETRY_S = 60.0
+_REQUEST = ProbeRequest()
+_serialize = ProbeRequest.SerializeToString
+_deserialize = ProbeResponse.FromString
+
+
+class ProbeEntry:
+    """One probe answer in the pool. Its load is the server's RIF at the probe plus
+    this client's calls to that backend sent since and still in flight (the probe
+    could not count them): a fresh answer is not stampeded, and the count falls
+    again as those calls end."""
+
+    __slots__ = ("base_in_flight", "latency_s", "received", "rif", "subchannel", "uses")
+
+    def __init__(self, subchannel: Subchannel, rif: float, latency_s: float, now: float) -> None:
+        self.subchannel = subchannel
+        self.rif = rif
+        self.latency_s = latency_s
+        self.received = now
+        self.uses = 0
+        self.base_in_flight = subchannel.in_flight
+
+    def load(self) -> float:
+        """The RIF the rule compares: the answer's plus our own calls sent since."""
+        extra = self.subchannel.in_flight - self.base_in_flight
+        return self.rif + extra if extra > 0 else self.rif
+
+    def __repr__(self) -> str:
+        return (
+            f"<ProbeEntry {self.subchannel.address} rif={self.load():g} "
+            f"latency={self.latency_s * 1000:.2f}ms uses={self.uses}>"
+        )
+
+
+class ProbePool:
+    """The pool and the hot-cold rule: no I/O, no clock of its own (``now`` is passed),
+    so every rule is testable with plain numbers. Not thread-safe: the policy holds
+    its lock around every call."""
+
+    def __init__(self, size: int, max_age_s: float, max_uses: int, rif_quantile: float) -> None:
+        self.size = size
+        self.max_age_s = max_age_s
+        self.max_uses = max_uses
+        self.rif_quantile = rif_quantile
+        self.entries: list[ProbeEntry] = []
+        self._history: deque[float] = deque(maxlen=RIF_HISTORY)
+        self._sorted: list[float] = []
+        #: RIF above this is hot (recomputed when an answer arrives).
+        self.hot_above = math.inf
+
+    def add(self, subchannel: Subchannel, rif: float, latency_s: float, now: float) -> None:
+        """A probe answered; a full pool drops its oldest entry for it."""
+        self._learn_rif(rif)
+        entries = self.entries
+        if len(entries) >= self.size:
+            oldest = min(range(len(entries)), key=lambda i: entries[i].received)
+            del entries[oldest]
+        entries.append(ProbeEntry(subchannel, rif, latency_s, now))
+
+    def _learn_rif(self, rif: float) -> None:
+        history, ordered = self._history, self._sorted
+        if len(history) == history.maxlen:
+            del ordered[bisect.bisect_left(ordered, history[0])]
+        history.append(rif)
+        bisect.insort(ordered, rif)
+        index = min(len(ordered) - 1, max(0, math.ceil(self.rif_quantile * len(ordered)) - 1))
+        self.hot_above = ordered[index]
+
+    def expire(self, now: float) -> None:
+        limit = now - self.max_age_s
+        if any(e.received < limit for e in self.entries):
+            self.entries = [e for e in self.entries if e.received >= limit]
+
+    def select(self, now: float, exclude: frozenset[Subchannel] = frozenset()) -> ProbeEntry | None:
+        """The hot-cold rule over live entries of usable backends, counting one use
+        into the winner. None when no entry qualifies."""
+        self.expire(now)
+        hot_above = self.hot_above
+        best_cold: ProbeEntry | None = None
+        cold_latency = cold_load = hot_load = math.inf
+        best_hot: ProbeEntry | None = None
+        for e in self.entries:
+            sc = e.subchannel
+            if not sc.usable or (exclude and sc in exclude):
+                continue
+            load = e.load()
+            if load <= hot_above:
+                latency = e.latency_s
+                if latency < cold_latency or (latency == cold_latency and load < cold_load):
+                    best_cold, cold_latency, cold_load = e, latency, load
+            elif load < hot_load:
+                best_hot, hot_load = e, load
+        chosen = best_cold or best_hot
+        if chosen is None:
+            return None
+        chosen.uses += 1
+        if chosen.uses >= self.max_uses:
+            self.entries.remove(chosen)
+        return chosen
+
+    def remove_worst(self) -> ProbeEntry | None:
+        """Drop the entry the rule would take last: the hottest, else the slowest."""
+        if not self.entries:
+            return None
+        hot_above = self.hot_above
+
+        def badness(e: ProbeEntry) -> tuple[bool, float]:
+            load = e.load()
+            return (load > hot_above, load if load > hot_above else e.latency_s)
+
+        worst = max(self.entries, key=badness)
+        self.entries.remove(worst)
+        return worst
+
+    def forget(self, subchannel: Subchannel) -> None:
+        self.entries = [e for e in self.entries if e.subchannel is not subchannel]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __repr__(self) -> str:
+        return f"<ProbePool hot_above={self.hot_above:g} {self.entries!r}>"
+
+
+class PrequalPicker:
+    """Picks from the policy's shared pool (it outlives pickers); the one lock of this
+    pick path guards that pool, since sync channels pick on their callers' threads."""
+
+    __slots__ = ("_n", "_policy", "_rand", "_subchannels")
+
+    def __init__(self, policy: PrequalPolicy, subchannels: Sequence[Subchannel]) -> None:
+        self._policy = policy
+        self._subchannels = tuple(subchannels)
+        self._n = len(self._subchannels)
+        self._rand = policy.rng.random
+
+    def pick(self, info: PickInfo) -> Subchannel | None:
+        policy = self._policy
+        entry = policy.select(info.exclude)
+        if entry is not None:
+            return entry.subchannel
+        # no usable probe answer: power of two choices on this client's own view
+        subchannels, n = self._subchannels, self._n
+        if n == 1:
+            best = 0
+        else:
+            rand = self._rand
+            a = int(rand() * n)
+            b = int(rand() * (n - 1))
+            if b >= a:
+                b += 1
+            best = a if subchannels[a].in_flight <= subchannels[b].in_flight else b
+        sc = subchannels[best]
+        if info.exclude and sc in info.exclude:
+            return first_not_excluded(subchannels, best, info.exclude)
+        return sc
+
+    def __repr__(self) -> str:
+        return f"<PrequalPicker {[sc.address for sc in self._subchannels]} {self._policy.pool!r}>"
+
+
+class PrequalPolicy(BasePolicy):
+    NAME = NAME
+    CONFIG_FIELDS = {
+        "probePoolSize",
+        "probesPerCall",
+        "idleProbeInterval",
+        "probeTimeout",
+        "maxProbeAge",
+        "maxReuse",
+        "removeWorstPerCall",
+        "rifQuantile",
+        "maxProbesInFlight",
+    }
+
+    def __init__(
+        self,
+        control: ChannelControl,
+        config: Mapping[str, Any],
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(control, config)
+        size = _config.integer(NAME, config, "probePoolSize", 16, minimum=1)
+        if size > 1024:
+            raise ServiceConfigError(f"{NAME}: probePoolSize must be <= 1024, got {size}")
+        self.probes_per_call = _config.number(
+            NAME, config, "probesPerCall", 1.0, minimum=0.0, maximum=16.0
+        )
+        self.idle_interval_s = _positive_duration(config, "idleProbeInterval", 0.5)
+        self.probe_timeout_s = _positive_duration(config, "probeTimeout", 1.0)
+        max_age_s = _positive_duration(config, "maxProbeAge", 1.0)
+        rate = self.probes_per_call
+        default_reuse = max(1, math.ceil(3.0 / rate)) if rate else 1_000_000
+        max_uses = _config.integer(NAME, config, "maxReuse", default_reuse, minimum=1)
+        self.remove_worst_per_call = _config.number(
+            NAME, config, "removeWorstPerCall", self.probes_per_call / 4, minimum=0.0, maximum=16.0
+        )
+        quantile = _config.number(NAME, config, "rifQuantile", 0.84, minimum=0.0, maximum=1.0)
+        self.max_probes_in_flight = _config.integer(
+            NAME, config, "maxProbesInFlight", 2 * size, minimum=1
+        )
+        self.pool = ProbePool(size, max_age_s, max_uses, quantile)
+        self.rng = rng or random.Random()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._probes_due = 0.0
+        self._removals_due = 0.0
+        self._flush_scheduled = False
+        self._probes_in_flight = 0
+        self._probed_at = -math.inf
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: backends that answered UNIMPLEMENTED, and when: balanced by our own view
+        self.unprobed: dict[Subchannel, float] = {}
+        self._warned = False
+
+    # -- the pick (any thread) -------------------------------------------------------------
+    def select(self, exclude: frozenset[Subchannel]) -> ProbeEntry | None:
+        with self._lock:
+            entry = self.pool.select(self._clock(), exclude)
+            self._removals_due += self.remove_worst_per_call
+            while self._removals_due >= 1.0:
+                self._removals_due -= 1.0
+                if len(self.pool) > 1:
+                    self.pool.remove_worst()
+            self._probes_due += self.probes_per_call
+            schedule = self._probes_due >= 1.0 and not self._flush_scheduled
+            if schedule:
+                self._flush_scheduled = True
+        if schedule and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: no more probes
+                self._loop.call_soon_threadsafe(self._flush)
+        return entry
+
+    # -- probing (the event loop) -------------------------------------------------------------
+    def _flush(self) -> None:
+        with self._lock:
+            self._flush_scheduled = False
+            due = int(self._probes_due)
+            self._probes_due -= due
+        self.send_probes(due)
+
+    def send_probes(self, count: int) -> None:
+        """Probe ``count`` usable backends, sampled without replacement."""
+        if self._closed:
+            return
+        usable = self.usable_subchannels()
+        count = min(count, len(usable), self.max_probes_in_flight - self._probes_in_flight)
+        if count <= 0:
+            return
+        self._probed_at = self._clock()
+        loop = self._loop or asyncio.get_running_loop()
+        for sc in self.rng.sample(usable, count):
+            since = self.unprobed.get(sc)
+            if since is not None and self._probed_at - since < UNPROBED_RETRY_S:
+                self._own_view(sc)
+                continue
+            self._probes_in_flight += 1
+            task = loop.create_task(self._probe(sc))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _probe(self, sc: Subchannel) -> None:
+        try:
+            reply = await sc.unary_call(
+                METHOD,
+                _REQUEST,
+                request_serializer=_serialize,
+                response_deserializer=_deserialize,
+                timeout=self.probe_timeout_s,
+            )
+        except StreamError as err:
+            if err.code is grpc.StatusCode.UNIMPLEMENTED:
+                self._no_probes(sc)
+            return  # an unanswered probe teaches nothing: the backend is left out
+        except Exception as err:  # pragma: no cover - a transport closing under the call
+            log.debug("%s: probe failed: %r", sc.address, err)
+            return
+        finally:
+            self._probes_in_flight -= 1
+        if self._closed or not self._member(sc):
+            return
+        latency = reply.latency_seconds
+        now = self._clock()
+        if latency <= 0.0 and sc.latency.samples:  # the server has no sample yet
+            latency = sc.latency.at(now)
+        with self._lock:
+            self.pool.add(sc, float(reply.requests_in_flight), latency, now)
+
+    def _no_probes(self, sc: Subchannel) -> None:
+        if not self._member(sc):
+            return
+        self.unprobed[sc] = self._clock()
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "%s: backend %s does not answer load probes (%s); prequal balances it "
+                "by this client's own in-flight calls and latency (serve the probes with "
+                "grpc_balancer.server.probes.LoadProbes, or grpc-balancer serve --probes)",
+                self._control.target,
+                sc.address,
+                METHOD,
+            )
+        self._own_view(sc)
+
+    def _own_view(self, sc: Subchannel) -> None:
+        """A stand-in answer for a backend without probes: our in-flight calls and
+        latency estimate."""
+        now = self._clock()
+        latency = sc.latency.at(now) if sc.latency.samples else 0.0
+        with self._lock:
+            self.pool.add(sc, float(sc.in_flight), latency, now)
+
+    def _member(self, sc: Subchannel) -> bool:
+        return self._by_address.get(sc.address) is sc
+
+    def _idle_tick(self) -> None:
+        self._idle_timer = None
+        if self._closed:
+            return
+        if self._clock() - self._probed_at >= self.idle_interval_s:
+            self.send_probes(1)
+        self._schedule_idle()
+
+    def _schedule_idle(self) -> None:
+        if self._idle_timer is None and not self._closed and self._loop is not None:
+            self._idle_timer = self._loop.call_later(self.idle_interval_s, self._idle_tick)
+
+    # -- BasePolicy hooks (the event loop) -------------------------------------------------------
+    def build_picker(self, usable: list[Subchannel]) -> PrequalPicker:
+        if self._loop is None:
+            with contextlib.suppress(RuntimeError):
+                self._loop = asyncio.get_running_loop()
+            self._schedule_idle()
+        return PrequalPicker(self, usable)
+
+    def subchannel_removed(self, subchannel: Subchannel) -> None:
+        self.unprobed.pop(subchannel, None)
+        with self._lock:
+            self.pool.forget(subchannel)
+
+    def close(self) -> None:
+        super().close()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
+
+
+def _positive_duration(config: Mapping[str, Any], name: str, default_s: float) -> float:
+    value = _config.duration(NAME, config, name, default_s)
+    if value <= 0:
+        raise ServiceConfigError(f"{NAME}: {name} must be greater than 0s")
+    return value
+
+
+register_builtin_policy(NAME, PrequalPolicy)
