@@ -48,13 +48,21 @@ class FakeControl:
     def on_subchannel_state(self, sc: Subchannel) -> None:
         self.policy.on_subchannel_state(sc)
 
+    def latest(self) -> tuple[C, Picker]:
+        """The last publication, after the rebuild a loop turn would run (the policy
+        coalesces state changes into one rebuild per turn)."""
+        policy = getattr(self, "policy", None)
+        if policy is not None and policy.rebuild_pending:
+            policy.rebuild_now()
+        return self.published[-1]
+
     @property
     def state(self) -> C:
-        return self.published[-1][0]
+        return self.latest()[0]
 
     @property
     def picker(self) -> Picker:
-        return self.published[-1][1]
+        return self.latest()[1]
 
 
 @pytest.fixture

@@ -268,6 +268,8 @@ class BalancedChannel(grpc.aio.Channel):
             return True
         if not self._have_endpoints:
             return self._resolver_error is not None
+        if getattr(self._policy, "rebuild_pending", False):
+            return False  # the picker does not show the latest states yet
         return not any(sc.wants_connection and sc.still_trying for sc in self._subchannels)
 
     def unary_unary(
