@@ -111,8 +111,7 @@ class ProbePool:
         self._learn_rif(rif)
         entries = self.entries
         if len(entries) >= self.size:
-            oldest = min(range(len(entries)), key=lambda i: entries[i].received)
-            del entries[oldest]
+            del entries[0]  # the oldest: entries are kept in arrival order
         entries.append(ProbeEntry(subchannel, rif, latency_s, now))
 
     def _learn_rif(self, rif: float) -> None:
@@ -131,17 +130,24 @@ class ProbePool:
 
     def select(self, now: float, exclude: frozenset[Subchannel] = frozenset()) -> ProbeEntry | None:
         """The hot-cold rule over live entries of usable backends, counting one use
-        into the winner. None when no entry qualifies."""
-        self.expire(now)
+        into the winner. None when no entry qualifies. (The hot loop of prequal's pick:
+        ``ProbeEntry.load`` is inlined.)"""
+        entries = self.entries
+        if not entries:
+            return None
+        if entries[0].received < now - self.max_age_s:  # entries are in arrival order
+            self.expire(now)
+            entries = self.entries
         hot_above = self.hot_above
         best_cold: ProbeEntry | None = None
         cold_latency = cold_load = hot_load = math.inf
         best_hot: ProbeEntry | None = None
-        for e in self.entries:
+        for e in entries:
             sc = e.subchannel
             if not sc.usable or (exclude and sc in exclude):
                 continue
-            load = e.load()
+            extra = sc.in_flight - e.base_in_flight
+            load = e.rif + extra if extra > 0 else e.rif
             if load <= hot_above:
                 latency = e.latency_s
                 if latency < cold_latency or (latency == cold_latency and load < cold_load):
@@ -153,7 +159,7 @@ class ProbePool:
             return None
         chosen.uses += 1
         if chosen.uses >= self.max_uses:
-            self.entries.remove(chosen)
+            entries.remove(chosen)
         return chosen
 
     def remove_worst(self) -> ProbeEntry | None:
