@@ -88,8 +88,14 @@ class _MultiCallable:
         self._request_serializer = request_serializer
         self._response_deserializer = response_deserializer
         self._key = (self._kind, method, request_serializer, response_deserializer)
-        # methodConfig, looked up once here so calls without a policy pay nothing.
-        policy = channel.method_policy(method)
+        self.load_method_config()
+
+    def load_method_config(self) -> None:
+        """methodConfig, looked up once per config (not per call), so calls without a
+        policy pay nothing; a new config from the resolver bumps the generation."""
+        channel = self._channel
+        self._generation = channel.config_generation
+        policy = channel.method_policy(self._method)
         self._timeout = None if policy is None else policy.timeout_s
         self._wait_for_ready = None if policy is None else policy.wait_for_ready
         self._retry: RetryPolicy | None = None if policy is None else policy.retry
@@ -154,6 +160,8 @@ class _Call:
         self._loop = loop
         self._mc = mc
         self._channel = channel
+        if mc._generation != channel.config_generation:
+            mc.load_method_config()
         if mc._timeout is not None and (timeout is None or mc._timeout < timeout):
             timeout = mc._timeout  # methodConfig timeout: the smaller one wins
         self._deadline = None if timeout is None else time.monotonic() + timeout

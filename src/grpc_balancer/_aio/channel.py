@@ -42,10 +42,16 @@ from grpc_balancer._core.health import HealthChecking
 from grpc_balancer._core.outlier import OutlierDetector
 from grpc_balancer._core.picking import Picking
 from grpc_balancer._core.status import ChannelStatus, channel_status
+from grpc_balancer._core.switch import PolicySwitch
 from grpc_balancer._observe.events import Event, Observer, emit
 from grpc_balancer._observe.instrument import ChannelInstrument, for_channel
 from grpc_balancer.endpoint import Endpoint
-from grpc_balancer.errors import ChannelClosedError, ServiceConfigError, WrongEventLoopError
+from grpc_balancer.errors import (
+    BalancerConfigError,
+    ChannelClosedError,
+    ServiceConfigError,
+    WrongEventLoopError,
+)
 from grpc_balancer.picker import FailPicker, Picker
 from grpc_balancer.policies.base import Policy, get_policy_factory
 from grpc_balancer.resolvers.base import Resolver, ResolverOptions, get_resolver_factory
@@ -88,6 +94,15 @@ class BalancedChannel(grpc.aio.Channel):
             options, service_config, policy
         )
         self.config: ServiceConfig = load_service_config(service_config, policy)
+        #: What the user gave (they win over a resolver's service config, key by key).
+        self._user_policy = policy
+        self._user_config: Mapping[str, Any] = dict(self.config.raw)
+        #: Bumped on every applied config; multicallables re-read their method config.
+        self.config_generation = 0
+        #: What the resolver's config had that the channel does not apply, and why the
+        #: last one was refused (None: accepted, or none came).
+        self.config_notes: tuple[str, ...] = ()
+        self.config_error: str | None = None
         self._policy_factory = get_policy_factory(self.config.policy)
         self._credentials = credentials
         self._compression = compression
@@ -102,7 +117,7 @@ class BalancedChannel(grpc.aio.Channel):
         self._draining: set[Subchannel] = set()
         self._state: Connectivity = Connectivity.IDLE
         self._resolver: Resolver | None = None
-        self._policy: Policy | None = None
+        self._switch = PolicySwitch(self, self._publish)
         self._have_endpoints = False
         self._resolver_error: str | None = None
         #: address -> position in the resolver's latest list (introspection order)
@@ -139,7 +154,7 @@ class BalancedChannel(grpc.aio.Channel):
                 lambda sc: self.emit(Event.HEALTH, sc, None),
             )
         # Validate the policy config now, so a bad field fails at construction.
-        self._policy = self._policy_factory(self, self.config.policy_config)
+        self._switch.start(self._switch.build(self._policy_factory, self.config.policy_config))
         # Likewise the target: resolvers parse it in their constructor.
         self._resolver = self._resolver_factory(self._target, self, self._resolver_options)
         self._options = _with_authority(self._options, self._resolver)
@@ -214,8 +229,7 @@ class BalancedChannel(grpc.aio.Channel):
             self._health.close()
         if self._outlier is not None:
             self._outlier.close()
-        if self._policy is not None:
-            self._policy.close()  # removes its subchannels; they are closed below
+        self._switch.close()  # the policies remove their subchannels; closed below
         self._subchannels.clear()  # the same set object as picking's
         # Each endpoint's grpc.aio channel gives its calls `grace`, then cancels them.
         await asyncio.gather(*(sc.aclose(grace) for sc in subchannels), return_exceptions=True)
@@ -363,7 +377,7 @@ class BalancedChannel(grpc.aio.Channel):
 
     # -- ResolverListener ------------------------------------------------------------------------
     def on_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
-        if self._closed or self._policy is None:
+        if self._closed:
             return
         if self._resolver_error is not None:
             log.info("%s: resolver recovered", self._target.raw)
@@ -376,7 +390,7 @@ class BalancedChannel(grpc.aio.Channel):
         log.debug("%s: %d endpoints: %s", self._target.raw, len(endpoints), endpoints)
         if self.instrument is not None:
             self.instrument.resolver_update(endpoints)
-        self._policy.update_endpoints(endpoints)
+        self._switch.update_endpoints(endpoints)
 
     def on_resolver_error(self, error: str) -> None:
         if self._closed:
@@ -396,6 +410,72 @@ class BalancedChannel(grpc.aio.Channel):
                     f"cannot resolve target {self._target.raw!r}: {error}",
                 ),
             )
+
+    def on_service_config(self, config: Mapping[str, Any], notes: Sequence[str] = ()) -> None:
+        """The resolver's service config (xDS): applied over the user's defaults, the
+        user's own ``policy=`` and service config keys winning. A config that does not
+        load is refused (the last good one stays) and shown in ``status()``."""
+        if self._closed:
+            return
+        merged = {**config, **self._user_config}
+        notes = list(notes)
+        if self._user_policy is not None:
+            theirs = [k for k in ("loadBalancingConfig", "loadBalancingPolicy") if k in config]
+            for key in theirs:
+                merged.pop(key, None)
+            if theirs:
+                notes.append(f"policy={self._user_policy!r} given to the channel wins over the "
+                             "resolver's loadBalancingConfig")  # fmt: skip
+        try:
+            new = load_service_config(merged, self._user_policy)
+            built = None
+            if (new.policy, new.policy_config) != (self.config.policy, self.config.policy_config):
+                built = self._switch.build(get_policy_factory(new.policy), new.policy_config)
+        except BalancerConfigError as exc:
+            error = f"service config from the resolver refused (the last good one stays): {exc}"
+            if error != self.config_error:
+                log.warning("%s: %s", self._target.raw, error)
+            self.config_error = error
+            self.config_notes = tuple(notes)
+            return
+        self.config_error = None
+        self.config_notes = tuple(notes)
+        if new.raw != self.config.raw:
+            self._apply_config(new, built)
+
+    def _apply_config(self, new: ServiceConfig, built: Any) -> None:
+        old, self.config = self.config, new
+        log.info("%s: service config from the resolver: policy %s", self._target.raw, new.policy)
+        if new.throttling != old.throttling:
+            self.throttle = make_throttle(new.throttling)
+        self.max_requests = self.picking.max_requests = new.max_requests_per_backend
+        if new.outlier != old.outlier:
+            self._replace_outlier(new)
+        self.config_generation += 1
+        if built is not None:
+            self._switch.switch_to(built)
+        # Calls waiting for a picker re-read the limits they wait on.
+        self.picking.publish(self._state, self.picking.generation.picker)
+
+    def _replace_outlier(self, new: ServiceConfig) -> None:
+        if self._outlier is not None:
+            for sc in self._subchannels:
+                self._outlier.remove(sc)
+                if sc.ejected:
+                    sc.set_ejected(False)
+            self._outlier.close()
+            self._outlier = None
+        if new.outlier is not None:
+            self._outlier = OutlierDetector(
+                new.outlier, lambda event, sc: self.emit(event, sc, None)
+            )
+            for sc in self._subchannels:
+                self._outlier.add(sc)
+
+    @property
+    def _policy(self) -> Policy | None:
+        """The policy in use (while switching, the one still publishing)."""
+        return self._switch.policy
 
     # -- ChannelControl (for the policy) ------------------------------------------------------------
     @property
@@ -471,7 +551,7 @@ class BalancedChannel(grpc.aio.Channel):
 
     # -- SubchannelListener -------------------------------------------------------------------------
     def on_subchannel_state(self, subchannel: Subchannel) -> None:
-        if self._closed or self._policy is None:
+        if self._closed:
             return
         if subchannel.connectivity is Connectivity.TRANSIENT_FAILURE:
             self.request_reresolution()
@@ -479,7 +559,7 @@ class BalancedChannel(grpc.aio.Channel):
             self._health.on_state(subchannel)
         if self.instrument is not None:
             self.instrument.subchannel_state(subchannel)
-        self._policy.on_subchannel_state(subchannel)
+        self._switch.on_subchannel_state(subchannel)
 
     # -- introspection ---------------------------------------------------------------------------------
     @property

@@ -93,12 +93,18 @@ class _SyncMultiCallable:
         self._ser = request_serializer
         self._deser = response_deserializer
         self._key = (self._kind.value, method, request_serializer, response_deserializer)
-        policy = channel.core.method_policy(method)
+        self._core = channel.core
+        self.load_method_config()
+
+    def load_method_config(self) -> None:
+        """methodConfig, looked up once per config (see the asyncio multicallable)."""
+        core = self._core
+        self._generation = core.config_generation
+        policy = core.method_policy(self._method)
         self._timeout = None if policy is None else policy.timeout_s
         self._wait_for_ready = None if policy is None else policy.wait_for_ready
         self._retry: RetryPolicy | None = None if policy is None else policy.retry
         self._hedging: HedgingPolicy | None = None if policy is None else policy.hedging
-        core = channel.core
         self._spec = CallSpec(
             self._kind,
             core.picking,
@@ -114,6 +120,8 @@ class _SyncMultiCallable:
     def plan(
         self, timeout: float | None, metadata: Any, wait_for_ready: bool | None
     ) -> AttemptPlan:
+        if self._generation != self._core.config_generation:
+            self.load_method_config()
         if self._timeout is not None and (timeout is None or self._timeout < timeout):
             timeout = self._timeout  # methodConfig timeout: the smaller one wins
         return AttemptPlan.for_call(

@@ -4,6 +4,10 @@ A resolver turns a target into endpoint lists and pushes each new list to its
 listener (the channel). It never empties a working list on an error: it reports the
 error with :meth:`ResolverListener.on_resolver_error` and keeps retrying; an empty
 *valid* answer is pushed as an empty list and honoured.
+
+A resolver whose source also configures the channel (xDS) hands that configuration to
+a :class:`ServiceConfigListener` (the channels are), as gRPC's resolvers return a
+service config next to the addresses. Resolvers without one never call it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,22 @@ class ResolverListener(Protocol):
 
     def on_resolver_error(self, error: str) -> None:
         """Resolution failed; the last good list stays in use."""
+
+
+class ServiceConfigListener(ResolverListener, Protocol):
+    """A listener that also takes the service config a resolver's source gives."""
+
+    def on_service_config(self, config: Mapping[str, Any], notes: Sequence[str] = ()) -> None:
+        """gRPC service config JSON (``loadBalancingConfig``, ``methodConfig``,
+        ``outlierDetection``, ``circuitBreakers``) replacing the resolver's previous one.
+        ``notes`` name what the source configured that the config cannot carry (shown in
+        ``channel.status()``). Call it before the first :meth:`on_endpoints` so the first
+        endpoints already meet the right policy."""
+
+
+def takes_service_config(listener: ResolverListener) -> bool:
+    """Whether ``listener`` has :meth:`ServiceConfigListener.on_service_config`."""
+    return callable(getattr(listener, "on_service_config", None))
 
 
 class Resolver(Protocol):
@@ -83,6 +103,7 @@ _BUILTIN = {
     "dns": "grpc_balancer.resolvers.dns",
     "dns+srv": "grpc_balancer.resolvers.dns",
     "etcd": "grpc_balancer.resolvers.etcd",
+    "xds": "grpc_balancer.resolvers.xds",
     "unix": "grpc_balancer.resolvers.passthrough",
     "unix-abstract": "grpc_balancer.resolvers.passthrough",
     "passthrough": "grpc_balancer.resolvers.passthrough",

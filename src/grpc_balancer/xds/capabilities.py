@@ -28,11 +28,23 @@ ACCEPTS: dict[str, frozenset[str]] = {
         {"round_robin", "ring_hash", "pick_first", "weighted_round_robin", "least_request"}
     ),
     "envoy": frozenset({"round_robin", "ring_hash", "least_request", "random", "maglev"}),
+    # grpc_balancer's own xds:/// resolver: every policy it has (peak_ewma by name).
+    "grpc-balancer": frozenset(
+        {
+            "round_robin",
+            "ring_hash",
+            "pick_first",
+            "weighted_round_robin",
+            "least_request",
+            "peak_ewma",
+        }
+    ),
     "unknown": frozenset({"round_robin"}),
 }
 FALLBACK = PolicySpec("round_robin")
 
 _FAMILIES = (
+    (re.compile(r"^grpc-balancer", re.I), "grpc-balancer"),
     (re.compile(r"^gRPC (C-core|Python|C\+\+|Ruby|PHP|ObjC|C#)", re.I), "grpc-core"),
     (re.compile(r"^gRPC Node|grpc-js", re.I), "grpc-js"),
     (re.compile(r"^gRPC Go", re.I), "grpc-go"),

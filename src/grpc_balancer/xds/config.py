@@ -51,6 +51,7 @@ _POLICY_FIELDS: dict[str, dict[str, str]] = {
     "pick_first": {"shuffleAddressList": "bool"},
     "ring_hash": {"minRingSize": "int", "maxRingSize": "int"},
     "least_request": {"choiceCount": "int"},
+    "peak_ewma": {"choiceCount": "int", "decayTime": "duration", "failurePenalty": "duration"},
     "weighted_round_robin": {
         "blackoutPeriod": "duration",
         "weightExpirationPeriod": "duration",

@@ -23,6 +23,8 @@ POLICIES = (
     "weighted_round_robin",  # gRPC's client_side_weighted_round_robin (ORCA)
     "random",
     "maglev",
+    # grpc_balancer's own, sent only to grpc_balancer clients (a gRFC A52 TypedStruct).
+    "peak_ewma",
 )
 ALIASES = {
     "client_side_weighted_round_robin": "weighted_round_robin",

@@ -34,6 +34,7 @@ from envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v
 from envoy.extensions.load_balancing_policies.pick_first.v3 import pick_first_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from xds.type.v3 import typed_struct_pb2
 
 from grpc_balancer.endpoint import Endpoint
 from grpc_balancer.xds.capabilities import Capabilities, choose_policy
@@ -43,6 +44,10 @@ from grpc_balancer.xds.stream import CLUSTER, ENDPOINTS, LISTENER, ROUTE, Entry,
 ROUTER_FILTER = "envoy.filters.http.router"
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+#: How a grpc_balancer policy without an Envoy message is named in load_balancing_policy:
+#: the typed extension name, and the TypedStruct type URL (its last part is the policy).
+POLICY_EXTENSION_PREFIX = "grpc_balancer.load_balancing_policies."
+POLICY_TYPE_URL = "type.googleapis.com/" + POLICY_EXTENSION_PREFIX
 #: gRPC status codes a route retry policy can name (gRFC A44), as Envoy spells them.
 RETRY_ON = {
     "CANCELLED": "cancelled",
@@ -280,6 +285,17 @@ def _set_policy(cluster: Any, policy: PolicySpec) -> None:
         _typed_policy(
             cluster, "envoy.load_balancing_policies.client_side_weighted_round_robin", wrr
         )
+    elif policy.name == "peak_ewma":
+        _custom_policy(cluster, policy)
+
+
+def _custom_policy(cluster: Any, policy: PolicySpec) -> None:
+    """A grpc_balancer policy with no Envoy message (peak_ewma): gRFC A52's custom-policy
+    form, a TypedStruct whose type URL ends in the policy's name, its JSON config as the
+    Struct. Only grpc_balancer clients are sent it (see capabilities.ACCEPTS)."""
+    config = typed_struct_pb2.TypedStruct(type_url=f"{POLICY_TYPE_URL}{policy.name}")
+    config.value.update(dict(policy.config))
+    _typed_policy(cluster, f"{POLICY_EXTENSION_PREFIX}{policy.name}", config)
 
 
 def _typed_policy(cluster: Any, name: str, message: Any) -> None:
