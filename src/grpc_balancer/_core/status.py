@@ -52,6 +52,13 @@ class ChannelStatus:
     resolver_state: str
     resolver_error: str | None
     subchannels: tuple[SubchannelStatus, ...]
+    #: What the resolver's service config (xDS) set that the channel does not apply,
+    #: and resources the resolver rejected (NACKed) while keeping the last good ones.
+    config_notes: tuple[str, ...] = ()
+    #: Why the resolver's last service config was refused (the previous one stays).
+    config_error: str | None = None
+    #: The resolver's own view, when it has one (xDS: the ADS stream and its watches).
+    resolver_detail: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -84,7 +91,21 @@ def channel_status(channel: BalancedChannel) -> ChannelStatus:
             _subchannel_status(sc, weight)
             for sc, weight in zip(subchannels, _weights(channel, subchannels), strict=True)
         ),
+        config_notes=channel.config_notes,
+        config_error=channel.config_error,
+        resolver_detail=_resolver_detail(channel._resolver),
     )
+
+
+def _resolver_detail(resolver: object) -> dict[str, Any] | None:
+    describe = getattr(resolver, "status", None)
+    if not callable(describe):
+        return None
+    try:
+        detail = describe()
+    except Exception:  # a resolver's introspection must never break status()
+        return None
+    return detail if isinstance(detail, dict) else None
 
 
 def _weights(channel: BalancedChannel, subchannels: list[Subchannel]) -> list[float]:
@@ -146,6 +167,9 @@ def format_status(status: ChannelStatus) -> str:
         )
     if not status.subchannels:
         lines.append("(no backends)")
+    if status.config_error:
+        lines.append(f"config refused: {status.config_error}")
+    lines.extend(f"not applied: {note}" for note in status.config_notes)
     return "\n".join(lines)
 
 

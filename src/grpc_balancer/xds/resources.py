@@ -105,7 +105,10 @@ def build_world(
             if ("lds", name) in faults.broken:
                 listener.api_listener.api_listener.Pack(router_pb2.Router())  # not an HCM
             out[LISTENER][name] = _entry(listener)
-        out[ROUTE][spec.route_config_name] = _entry(build_route_config(spec))
+        route_config = build_route_config(spec)
+        if ("rds", name) in faults.broken:  # a virtual host that matches no domain
+            del route_config.virtual_hosts[0].domains[:]
+        out[ROUTE][spec.route_config_name] = _entry(route_config)
         cluster = build_cluster(spec, policy, envoy=profile.flavour == "envoy")
         if ("cds", name) in faults.broken:
             cluster.lb_policy = INVALID_LB_POLICY
@@ -113,7 +116,11 @@ def build_world(
         out[CLUSTER][spec.cluster_name] = _entry(cluster)
         eps = endpoints.get(name)
         if eps is not None:
-            out[ENDPOINTS][spec.cluster_name] = _entry(build_load_assignment(spec, eps))
+            cla = build_load_assignment(spec, eps)
+            if ("eds", name) in faults.broken:  # priorities with a gap
+                for locality in cla.endpoints:
+                    locality.priority += 1
+            out[ENDPOINTS][spec.cluster_name] = _entry(cla)
     return Built(out, tuple(warnings))
 
 

@@ -37,6 +37,8 @@ from grpc_balancer.xds.stream import SHORT, ProtocolError, Request, Response, St
 log = logging.getLogger("grpc_balancer.xds.server")
 
 CONTROL_PLANE_ID = "grpc-balancer"
+#: What the ``break_resource`` test hook can make invalid.
+BREAKABLE = ("lds", "rds", "cds", "eds")
 _WORLD = object()
 _STOP = object()
 
@@ -145,9 +147,11 @@ class XdsServer:
         await self.sources.apply(config)
 
     def break_resource(self, kind: str, service: str) -> None:
-        """Test hook: serve an invalid ``kind`` (``cds`` or ``lds``) for ``service``."""
-        if kind not in ("cds", "lds"):
-            raise ValueError(f"cannot break {kind!r}: cds or lds")
+        """Test hook: serve an invalid ``kind`` for ``service``: ``lds`` (an API listener
+        that is not an HttpConnectionManager), ``rds`` (a virtual host without domains),
+        ``cds`` (an lb_policy no client knows), ``eds`` (priorities that skip 0)."""
+        if kind not in BREAKABLE:
+            raise ValueError(f"cannot break {kind!r}: one of {', '.join(BREAKABLE)}")
         faults = self.catalog.faults
         self.catalog.set_faults(Faults(faults.broken | {(kind, service)}))
 
