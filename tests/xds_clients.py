@@ -188,8 +188,9 @@ class _Child(_Calls):
 class CallClient(_Child):
     """A real xDS client making sequential SayHello calls on ``target`` with the bootstrap
     in ``GRPC_XDS_BOOTSTRAP_CONFIG``; one record per call. ``kind``: ``grpc-js``
-    (tests/xds_js/client.js) or ``grpcio`` (grpcio's native client,
-    tests/xds_grpcio_client.py)."""
+    (tests/xds_js/client.js), ``grpcio`` (grpcio's native client,
+    tests/xds_grpcio_client.py) or ``balancer`` (the same program on a grpc_balancer
+    channel)."""
 
     def __init__(
         self,
@@ -211,9 +212,11 @@ class CallClient(_Child):
             env["GRPC_VERBOSITY"] = "DEBUG"
         if kind == "grpc-js":
             argv = [require_node(), str(JS_CLIENT)]
-        elif kind == "grpcio":
+        elif kind in ("grpcio", "balancer"):
             env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
             argv = [sys.executable, "-m", "tests.xds_grpcio_client"]
+            if kind == "balancer":  # grpc_balancer's own xds resolver, same program
+                argv += ["--channel", "balancer"]
         else:
             raise ValueError(f"unknown client kind {kind!r}")
         self.kind = kind

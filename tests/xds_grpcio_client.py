@@ -6,7 +6,8 @@ benchmarks read both alike::
     GRPC_XDS_BOOTSTRAP_CONFIG='{...}' python -m tests.xds_grpcio_client --target xds:///greeter
 
 ``--count 0`` calls until stdin closes or SIGTERM; ``--header K=V`` adds request metadata.
-Calls are sequential.
+Calls are sequential. ``--channel balancer`` makes the same calls on a grpc_balancer
+(sync) channel, whose own xds resolver reads the same bootstrap: one program, two clients.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline-ms", type=float, default=2000.0)
     parser.add_argument("--name", default="grpcio")
     parser.add_argument("--header", action="append", default=[], help="KEY=VALUE metadata")
+    parser.add_argument("--channel", choices=("grpcio", "balancer"), default="grpcio")
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -47,11 +49,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.count == 0:
         threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
 
-    channel = grpc.insecure_channel(args.target)
+    if args.channel == "balancer":
+        import grpc_balancer
+
+        channel = grpc_balancer.insecure_channel(args.target)
+    else:
+        channel = grpc.insecure_channel(args.target)
     stub = greeter_pb2_grpc.GreeterStub(channel)
     request = greeter_pb2.HelloRequest(name=args.name)
     metadata = tuple(tuple(h.split("=", 1)) for h in args.header)
-    emit({"event": "start", "target": args.target, "grpcio": grpc.__version__})
+    emit({"event": "start", "target": args.target, "grpcio": grpc.__version__,
+          "channel": args.channel})  # fmt: skip
     calls = ok = 0
     while not stop.is_set() and (args.count == 0 or calls < args.count):
         i = calls
