@@ -20,6 +20,7 @@ a connection error; the new stream re-sends every subscription with the versions
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import random
 import threading
@@ -231,8 +232,10 @@ class XdsClient:
                 if name in accepted:
                     errors[name] = "the response has it twice"
                 accepted[name] = value
+            # A resource too broken to name could be any of ours: infer no deletion.
+            full = type_url in FULL_STATE and "" not in errors
             for name, watched in state.watched.items():
-                event = self._apply(type_url, name, watched, accepted, errors)
+                event = self._apply(type_url, name, watched, accepted, errors, full)
                 if event is not None:
                     events.append((list(watched.sinks), event))
             if errors:
@@ -259,6 +262,7 @@ class XdsClient:
         watched: _Watched,
         accepted: dict[str, Resource],
         errors: dict[str, str],
+        full: bool,
     ) -> XdsEvent | None:
         if name in errors:
             watched.error = errors[name]
@@ -268,7 +272,7 @@ class XdsClient:
             changed = value != watched.value or watched.missing or watched.error is not None
             watched.value, watched.missing, watched.error = value, False, None
             return XdsEvent("resource", type_url, name, value) if changed else None
-        if type_url in FULL_STATE and not self.bootstrap.server.ignore_resource_deletion:
+        if full and not self.bootstrap.server.ignore_resource_deletion:
             if watched.missing:
                 return None
             watched.value, watched.missing = None, True
@@ -366,6 +370,16 @@ def _node_proto(bootstrap: Bootstrap) -> Any:
 # -- the process-wide pool ----------------------------------------------------------------------
 _POOL: dict[tuple[Any, ...], XdsClient] = {}
 _POOL_LOCK = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    """A forked child has none of the parent's stream threads: it starts its own."""
+    global _POOL_LOCK
+    _POOL.clear()
+    _POOL_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def acquire(bootstrap: Bootstrap) -> XdsClient:
