@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import grpc
 import pytest
 
 import grpc_balancer
@@ -54,6 +55,9 @@ def test_pick_walks_past_unusable_backends() -> None:
     subs = fake_subchannels(3)
     full = _picker(subs)
     partial = _picker(subs, usable=subs[1:])
+    subs[0].connectivity = grpc.ChannelConnectivity.TRANSIENT_FAILURE
+    subs[0].failed_since_ready = True
+    subs[0]._usable = False
     for i in range(200):
         info = PickInfo("/m", hash_key=key_hash(i))
         owner = full.pick(info)

@@ -207,6 +207,25 @@ def is_ip_literal(host: str) -> bool:
     return True
 
 
+def grpc_target_for(address: str) -> str:
+    """The grpcio target for one endpoint's channel: an IP literal as an ``ipv4:`` /
+    ``ipv6:`` target, so that channel runs no DNS resolver of its own (a cost paid
+    once per endpoint; its authority is the same ``host:port``); names stay as given."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return address
+    if host.startswith("[") and host.endswith("]"):
+        inner = host[1:-1]
+        if "%" not in inner and is_ip_literal(inner) and ":" in inner:
+            return f"ipv6:{address}"
+        return address
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return address
+    return f"ipv4:{address}"
+
+
 def split_list(target: Target) -> list[str]:
     """The comma-separated items of a list target, refusing empty items."""
     items = [i.strip() for i in target.endpoint.split(",")]

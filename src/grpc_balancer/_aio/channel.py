@@ -38,6 +38,7 @@ from grpc_balancer._config.service_config import (
     load_service_config,
     split_channel_options,
 )
+from grpc_balancer._core.dialing import Dialer
 from grpc_balancer._core.health import HealthChecking
 from grpc_balancer._core.outlier import OutlierDetector
 from grpc_balancer._core.picking import Picking
@@ -56,7 +57,7 @@ from grpc_balancer.picker import FailPicker, Picker
 from grpc_balancer.policies.base import Policy, get_policy_factory
 from grpc_balancer.resolvers.base import Resolver, ResolverOptions, get_resolver_factory
 from grpc_balancer.subchannel import ChannelOptions, Subchannel
-from grpc_balancer.target import Target, parse_target
+from grpc_balancer.target import Target, grpc_target_for, parse_target
 
 RETRY_BUFFER_OPTION = "grpc.per_rpc_retry_buffer_size"
 
@@ -66,9 +67,11 @@ Connectivity = grpc.ChannelConnectivity
 
 #: Reconnect backoff for per-endpoint channels unless the user sets it: gRPC's
 #: 120 s maximum is far too slow for a balancer to notice a restarted backend.
+#: (``grpc.min_reconnect_backoff_ms`` stays gRPC's 20 s: C-core uses it as the connect
+#: timeout, and 1 s made a connect storm over thousands of endpoints abandon and redial
+#: every handshake slower than a second.)
 DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 1000),
-    ("grpc.min_reconnect_backoff_ms", 1000),
     ("grpc.max_reconnect_backoff_ms", 10_000),
 )
 
@@ -113,6 +116,8 @@ class BalancedChannel(grpc.aio.Channel):
         self.retry_buffer_size: int = _retry_buffer_size(self._options)
         self._resolver_options = resolver_options or ResolverOptions()
         self._subchannels: set[Subchannel] = set()
+        #: Starts connections a slice per loop turn (see :mod:`grpc_balancer._core.dialing`).
+        self._dialer = Dialer()
         #: Removed by the policy but still serving calls (closed when those end).
         self._draining: set[Subchannel] = set()
         self._state: Connectivity = Connectivity.IDLE
@@ -222,6 +227,7 @@ class BalancedChannel(grpc.aio.Channel):
         )
         for call in list(self.waiting_calls):  # in a backoff or a wait: end them now
             call.close_from_channel()
+        self._dialer.close()
         if self._resolver is not None:
             await self._resolver.close()
         # Background streams first (health, ORCA), so the grace is the calls' alone.
@@ -499,24 +505,28 @@ class BalancedChannel(grpc.aio.Channel):
         return sc
 
     def make_subchannel(self, endpoint: Endpoint) -> Subchannel:
-        """The subchannel for a new endpoint, on its own grpc.aio channel (the sync
-        channel makes its own kind, on a sync grpc.Channel with the same options)."""
-        if self._credentials is None:
-            inner = grpc.aio.insecure_channel(
-                endpoint.address,
-                options=self.endpoint_options,
-                compression=self._compression,
-                interceptors=self._interceptors or None,
-            )
-        else:
-            inner = grpc.aio.secure_channel(
-                endpoint.address,
+        """The subchannel for a new endpoint, on its own grpc.aio channel, made when it
+        is first dialed (the sync channel makes its own kind, on a sync grpc.Channel
+        with the same options)."""
+        address = grpc_target_for(endpoint.address)
+
+        def open_channel() -> grpc.aio.Channel:
+            if self._credentials is None:
+                return grpc.aio.insecure_channel(
+                    address,
+                    options=self.endpoint_options,
+                    compression=self._compression,
+                    interceptors=self._interceptors or None,
+                )
+            return grpc.aio.secure_channel(
+                address,
                 self._credentials,
                 options=self.endpoint_options,
                 compression=self._compression,
                 interceptors=self._interceptors or None,
             )
-        return AioSubchannel(endpoint, inner, self)
+
+        return AioSubchannel(endpoint, open_channel, self, self._dialer)
 
     @property
     def endpoint_options(self) -> list[tuple[str, Any]]:

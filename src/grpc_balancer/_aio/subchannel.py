@@ -2,6 +2,10 @@
 
 Connectivity is followed with ``get_state`` / ``wait_for_state_change`` in one small
 task; the probe and the server streams are ordinary grpc.aio calls on the same channel.
+The ``grpc.aio.Channel`` is created when the subchannel is first dialed (through the
+channel's :class:`~grpc_balancer._core.dialing.Dialer`, a slice per loop turn), so an
+endpoint a policy never connects (pick_first's spares, ring_hash's unused ones) costs
+no grpc channel at all, and a list of 10,000 endpoints is taken in without blocking.
 """
 
 from __future__ import annotations
@@ -9,38 +13,80 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import grpc.aio
 
-from grpc_balancer.subchannel import PROBE_METHOD, ServerStream, StreamError, Subchannel
+from grpc_balancer._core.dialing import Dialer
+from grpc_balancer.endpoint import Endpoint
+from grpc_balancer.subchannel import (
+    PROBE_METHOD,
+    ServerStream,
+    StreamError,
+    Subchannel,
+    SubchannelListener,
+)
 
 #: How long a closing subchannel waits for its watcher to see SHUTDOWN.
 _WATCH_EXIT_S = 0.2
 
 
 class AioSubchannel(Subchannel):
-    """A :class:`Subchannel` on a ``grpc.aio.Channel`` (the calls use it too)."""
+    """A :class:`Subchannel` on a ``grpc.aio.Channel`` (the calls use it too), made by
+    ``open_channel`` when first needed."""
 
-    channel: grpc.aio.Channel
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        open_channel: Callable[[], grpc.aio.Channel],
+        listener: SubchannelListener,
+        dialer: Dialer | None = None,
+    ) -> None:
+        self._open_channel = open_channel
+        self._transport: grpc.aio.Channel | None = None
+        self._dialer = dialer
         self._watch_task: asyncio.Task[None] | None = None
+        super().__init__(endpoint, None, listener)  # type: ignore[arg-type]
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The endpoint's grpc.aio channel, created on first use."""
+        if self._transport is None:
+            self._transport = self._open_channel()
+        return self._transport
+
+    @channel.setter
+    def channel(self, value: grpc.aio.Channel | grpc.Channel) -> None:
+        # None from Subchannel.__init__: made on first use.
+        self._transport = cast("grpc.aio.Channel | None", value)
+
+    @property
+    def has_transport(self) -> bool:
+        """Whether the grpc.aio channel exists yet (it is made when first dialed)."""
+        return self._transport is not None
 
     def watch_connectivity(self) -> None:
+        if self._dialer is None:
+            self._start_watching()
+        else:
+            self._dialer.submit(self._start_watching)
+
+    def _start_watching(self) -> None:
+        if self._closing:
+            return
+        state = self.channel.get_state(try_to_connect=True)  # starts the connection now
         self._watch_task = asyncio.get_running_loop().create_task(
-            self._watch(), name=f"grpc_balancer.subchannel[{self.address}]"
+            self._watch(state), name=f"grpc_balancer.subchannel[{self.address}]"
         )
 
-    async def _watch(self) -> None:
-        state = self.channel.get_state(try_to_connect=True)
+    async def _watch(self, state: grpc.ChannelConnectivity) -> None:
+        channel = self.channel
         self._set_connectivity(state)
         while not self._closing:
             try:
-                await self.channel.wait_for_state_change(state)
-                state = self.channel.get_state(try_to_connect=True)
+                await channel.wait_for_state_change(state)
+                state = channel.get_state(try_to_connect=True)
             except Exception:
                 if self._closing:  # the channel closed under the wait: done
                     return
@@ -95,20 +141,23 @@ class AioSubchannel(Subchannel):
             raise StreamError(err.code(), err.details() or "") from None
 
     def close_transport(self) -> None:
+        if self._transport is None:
+            return  # never dialed: nothing to close
         with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().create_task(self._close_channel())
+            asyncio.get_running_loop().create_task(self._close_channel(self._transport))
 
-    async def _close_channel(self) -> None:
+    async def _close_channel(self, channel: grpc.aio.Channel) -> None:
         with contextlib.suppress(Exception):
-            await self.channel.close(None)
+            await channel.close(None)
 
     async def aclose_transport(self, grace: float | None = None) -> None:
         """grpcio gives the channel's calls ``grace`` s, then cancels them. Then the
         watcher sees SHUTDOWN, so its grpc operation completes while this loop runs
         (not after it, as "Event loop is closed" noise); grpc.aio reports SHUTDOWN only
         once every call object made on the channel is freed, so the wait is short."""
-        with contextlib.suppress(Exception):
-            await self.channel.close(grace)
+        if self._transport is not None:
+            with contextlib.suppress(Exception):
+                await self._transport.close(grace)
         task, self._watch_task = self._watch_task, None
         if task is not None and not task.done():
             _, pending = await asyncio.wait([task], timeout=_WATCH_EXIT_S)

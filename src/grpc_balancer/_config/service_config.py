@@ -19,7 +19,7 @@ from grpc_balancer._config.method_config import (
 from grpc_balancer._core.limits import parse_circuit_breakers
 from grpc_balancer._core.outlier import OutlierConfig, parse_outlier_detection
 from grpc_balancer.errors import ServiceConfigError
-from grpc_balancer.policies.base import get_policy_factory, registered_policies
+from grpc_balancer.policies.base import get_policy_factory, select_policy
 
 DEFAULT_POLICY = "pick_first"
 
@@ -116,30 +116,7 @@ def _as_mapping(service_config: str | Mapping[str, Any] | None) -> dict[str, Any
 def _lb_policy(raw: Mapping[str, Any]) -> tuple[str | None, Mapping[str, Any]]:
     """The first supported entry of loadBalancingConfig, else loadBalancingPolicy."""
     if "loadBalancingConfig" in raw:
-        entries = raw["loadBalancingConfig"]
-        if not isinstance(entries, list) or not entries:
-            raise ServiceConfigError("service config: loadBalancingConfig must be a non-empty list")
-        names = []
-        for entry in entries:
-            if not isinstance(entry, dict) or len(entry) != 1:
-                raise ServiceConfigError(
-                    "service config: each loadBalancingConfig entry must be an object with "
-                    f"exactly one policy name, got {entry!r}"
-                )
-            ((name, cfg),) = entry.items()
-            names.append(name)
-            if name in registered_policies():
-                if cfg is None:
-                    cfg = {}
-                if not isinstance(cfg, dict):
-                    raise ServiceConfigError(
-                        f"service config: loadBalancingConfig[{name!r}] must be an object"
-                    )
-                return name, cfg
-        raise ServiceConfigError(
-            f"service config: no supported policy in loadBalancingConfig {names} "
-            f"(known: {', '.join(registered_policies())})"
-        )
+        return select_policy(raw["loadBalancingConfig"], "service config: loadBalancingConfig")
     legacy = raw.get("loadBalancingPolicy")
     if legacy is None:
         return None, {}

@@ -135,6 +135,31 @@ def _load_builtin(name: str) -> None:
         importlib.import_module(module)
 
 
+def select_policy(entries: Any, where: str) -> tuple[str, Mapping[str, Any]]:
+    """The first entry of a ``loadBalancingConfig``-style list (``[{"name": {config}},
+    ...]``) whose policy is known here, as gRPC chooses: ``(name, config)``. ``where``
+    names the list in errors (``"service config: loadBalancingConfig"``)."""
+    if not isinstance(entries, list) or not entries:
+        raise ServiceConfigError(f"{where} must be a non-empty list")
+    names = []
+    for entry in entries:
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise ServiceConfigError(
+                f"{where}: each entry must be an object with exactly one policy name, got {entry!r}"
+            )
+        ((name, cfg),) = entry.items()
+        names.append(name)
+        if name in registered_policies():
+            if cfg is None:
+                cfg = {}
+            if not isinstance(cfg, dict):
+                raise ServiceConfigError(f"{where}[{name!r}] must be an object")
+            return name, cfg
+    raise ServiceConfigError(
+        f"{where}: no supported policy in {names} (known: {', '.join(registered_policies())})"
+    )
+
+
 def check_config_fields(policy: str, config: Mapping[str, Any], allowed: set[str]) -> None:
     """Reject unknown fields with a message that names them (typos fail loudly)."""
     if not isinstance(config, Mapping):
@@ -265,6 +290,11 @@ class BasePolicy:
         """A picker over ``usable`` (non-empty, in resolver order)."""
         raise NotImplementedError
 
+    def connecting_picker(self) -> Picker:
+        """The picker while nothing is usable yet but something may become so: calls
+        wait for the next picker (a lazy policy's picker may also ask for connections)."""
+        return QueuePicker()
+
     # -- picker publication --------------------------------------------------------
     @property
     def subchannels(self) -> list[Subchannel]:
@@ -324,7 +354,7 @@ class BasePolicy:
         if usable:
             self._control.update_picker(Connectivity.READY, self.build_picker(usable))
         elif not self._resolved or any(sc.still_trying for sc in self._ordered):
-            self._control.update_picker(Connectivity.CONNECTING, QueuePicker())
+            self._control.update_picker(Connectivity.CONNECTING, self.connecting_picker())
         else:
             message = describe_unreachable(self._control.target, self._ordered)
             self._control.update_picker(

@@ -7,16 +7,22 @@ the ``requestHashHeader`` metadata header, else a random one. The pick is the fi
 ring point at or after the key's hash whose backend is usable (walking past down
 ones), so a backend that leaves moves only its own keys, about 1/N of them. Unlike
 grpcio's ring_hash this needs no xDS and no environment flag.
+
+Connections are lazy, as in gRPC (A42): one endpoint is dialed when a list arrives
+(so the channel becomes READY); any other stays IDLE, with no grpc channel, until a
+key lands on it: that pick asks it to connect and waits for it (the key keeps its
+owner), while keys owned by READY backends go straight through.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
 import contextvars
 import math
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import xxhash
@@ -101,7 +107,7 @@ def build_ring(
 
 
 class RingHashPicker:
-    __slots__ = ("_hashes", "_header", "_owners", "_rand", "_size", "_usable")
+    __slots__ = ("_connect", "_hashes", "_header", "_owners", "_rand", "_size", "_usable")
 
     def __init__(
         self,
@@ -110,6 +116,7 @@ class RingHashPicker:
         usable: frozenset[Subchannel],
         header: str | None,
         rng: random.Random | None = None,
+        connect: Callable[[Subchannel], None] | None = None,
     ) -> None:
         self._hashes = hashes
         self._owners = owners
@@ -117,6 +124,8 @@ class RingHashPicker:
         self._usable = usable
         self._header = header
         self._rand = (rng or random.Random()).getrandbits
+        #: Asks an IDLE owner to connect (thread-safe); None: every owner is dialed.
+        self._connect = connect
 
     def request_hash(self, info: PickInfo) -> int:
         if info.hash_key is not None:
@@ -131,6 +140,10 @@ class RingHashPicker:
         return self._rand(64)
 
     def pick(self, info: PickInfo) -> Subchannel | None:
+        """The key's owner if usable; past owners that failed (or are unhealthy or
+        ejected) to the next; an owner still IDLE or connecting keeps the key: the
+        pick waits (None) and an IDLE one is asked to connect. An owner that became
+        usable after this picker was built is taken (its picker is on the way)."""
         size = self._size
         if not size:
             return None
@@ -141,11 +154,15 @@ class RingHashPicker:
         fallback: Subchannel | None = None
         for step in range(size):
             sc = owners[(i + step) % size]
-            if sc in usable:
+            if sc in usable or sc.usable:  # (usable since this picker was built)
                 if not exclude or sc not in exclude:
                     return sc
                 if fallback is None:
                     fallback = sc
+            elif self._connect is not None and fallback is None and sc.still_trying:
+                if not sc.wants_connection:
+                    self._connect(sc)
+                return None
         return fallback
 
     def __repr__(self) -> str:
@@ -195,6 +212,7 @@ class RingHashPolicy(BasePolicy):
         self._rng = rng
         self._ring_key: tuple[tuple[str, int], ...] = ()
         self._ring: tuple[tuple[int, ...], tuple[Subchannel, ...]] = ((), ())
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def ring(self) -> tuple[tuple[int, ...], tuple[Subchannel, ...]]:
         """Every endpoint is on the ring (usable or not), so a backend that goes down
@@ -206,11 +224,45 @@ class RingHashPolicy(BasePolicy):
             self._ring_key = key
         return self._ring
 
+    # -- lazy connections ------------------------------------------------------------
+    def subchannel_added(self, subchannel: Subchannel) -> None:
+        """Dial lazily: a pick that lands on it connects it."""
+
+    def endpoints_updated(self, ordered: list[Subchannel]) -> None:
+        """Keep one endpoint dialing, so the channel becomes READY without a pick."""
+        if ordered and not any(sc.wants_connection for sc in ordered):
+            (self._rng or random).choice(ordered).connect()
+
+    def _request_connect(self, subchannel: Subchannel) -> None:
+        """From a pick, in any thread: connect ``subchannel`` on the policy's loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._connect_now(subchannel)
+        else:
+            loop.call_soon_threadsafe(self._connect_now, subchannel)
+
+    def _connect_now(self, subchannel: Subchannel) -> None:
+        if not self._closed and self._by_address.get(subchannel.address) is subchannel:
+            subchannel.connect()
+            self.rebuild_soon()
+
+    # -- pickers ----------------------------------------------------------------------
     def build_picker(self, usable: list[Subchannel]) -> RingHashPicker:
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
         hashes, owners = self.ring()
         return RingHashPicker(
-            hashes, owners, frozenset(usable), self.request_hash_header, self._rng
+            hashes,
+            owners,
+            frozenset(usable),
+            self.request_hash_header,
+            self._rng,
+            self._request_connect,
         )
+
+    def connecting_picker(self) -> RingHashPicker:
+        """Nothing usable yet: picks still ask their key's owner to connect."""
+        return self.build_picker([])
 
 
 register_builtin_policy(NAME, RingHashPolicy)
