@@ -323,7 +323,7 @@ class BasePolicy:
         except RuntimeError:
             self.rebuild_now()
             return
-        delay = self._rebuild_not_before - time.perf_counter()
+        delay = self._rebuild_not_before - loop.time()
         if delay > 0:
             self._rebuild = loop.call_later(delay, self._scheduled_rebuild)
         else:
@@ -340,10 +340,14 @@ class BasePolicy:
             self._rebuild = None
         if self._closed:
             return
-        start = time.perf_counter()
+        try:
+            clock = asyncio.get_running_loop().time  # virtual on a simulated loop
+        except RuntimeError:
+            clock = time.monotonic
+        start, started = clock(), time.perf_counter()
         self.regenerate()
-        end = time.perf_counter()
-        self.rebuilds.add(end - start)
+        self.rebuilds.add(time.perf_counter() - started)
+        end = clock()
         self._rebuild_not_before = end + REBUILD_BUDGET * (end - start)
 
     def regenerate(self) -> None:
