@@ -27,6 +27,7 @@ from grpc_balancer.resolvers.base import (
     Resolver,
     ResolverListener,
     ResolverOptions,
+    ServiceConfigListener,
     register_resolver,
 )
 from grpc_balancer.server.registration import Registration, RegistrationError, registration
@@ -57,6 +58,7 @@ __all__ = [
     "ResolverListener",
     "ResolverOptions",
     "ServiceConfigError",
+    "ServiceConfigListener",
     "Subchannel",
     "SubchannelStatus",
     "SyncBalancedChannel",

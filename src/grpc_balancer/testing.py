@@ -14,9 +14,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -24,7 +25,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_balancer.demo.server import GreeterServer
 from grpc_balancer.demo.servicer import Faults
 from grpc_balancer.endpoint import Endpoint
-from grpc_balancer.resolvers.base import ResolverListener, ResolverOptions, register_resolver
+from grpc_balancer.resolvers.base import (
+    ResolverListener,
+    ResolverOptions,
+    register_resolver,
+    takes_service_config,
+)
 from grpc_balancer.server.load_reports import LoadReporter
 from grpc_balancer.server.probes import LoadProbes
 from grpc_balancer.target import Target
@@ -45,6 +51,7 @@ class ManualResolver:
         self._instances: list[_ManualInstance] = []
         self._endpoints: list[Endpoint] | None = None
         self._error: str | None = None
+        self._config: tuple[dict[str, Any], tuple[str, ...]] | None = None
         self.resolve_now_calls = 0
 
     def _build(
@@ -63,6 +70,19 @@ class ManualResolver:
         for instance in list(self._instances):
             instance.deliver(lambda listener: listener.on_resolver_error(error))
 
+    def set_service_config(self, config: Mapping[str, Any], notes: Sequence[str] = ()) -> None:
+        """Hand every channel a service config, as an xDS resolver does (gRPC's JSON)."""
+        self._config = (dict(config), tuple(notes))
+        for instance in list(self._instances):
+            instance.deliver(lambda listener: _give_config(listener, config, notes))
+
+
+def _give_config(
+    listener: ResolverListener, config: Mapping[str, Any], notes: Sequence[str]
+) -> None:
+    if takes_service_config(listener):
+        listener.on_service_config(config, notes)  # type: ignore[attr-defined]
+
 
 class _ManualInstance:
     def __init__(self, owner: ManualResolver, listener: ResolverListener) -> None:
@@ -74,6 +94,8 @@ class _ManualInstance:
         with contextlib.suppress(RuntimeError):
             self._loop = asyncio.get_running_loop()
         self._owner._instances.append(self)
+        if self._owner._config is not None:
+            _give_config(self._listener, *self._owner._config)
         if self._owner._endpoints is not None:
             self._listener.on_endpoints(self._owner._endpoints)
 

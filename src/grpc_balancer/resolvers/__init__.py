@@ -5,6 +5,7 @@ from grpc_balancer.resolvers.base import (
     ResolverFactory,
     ResolverListener,
     ResolverOptions,
+    ServiceConfigListener,
     register_resolver,
 )
 
@@ -13,5 +14,6 @@ __all__ = [
     "ResolverFactory",
     "ResolverListener",
     "ResolverOptions",
+    "ServiceConfigListener",
     "register_resolver",
 ]
