@@ -48,32 +48,42 @@ def pool_with(entries: list[tuple[int, float, float]], **kw: Any) -> tuple[Probe
 
 # -- the pool and the rule ----------------------------------------------------------------
 def test_the_coldest_is_not_the_pick_the_fastest_cold_one_is() -> None:
-    # RIFs 1..7 and one 50: the 0.84 quantile of the answers is 7, so only 50 is hot
+    # RIFs 1..7 and one at 50: the 0.84 quantile of the eight is 7, so only 50 is hot
     entries = [(i, float(i + 1), 0.050 - i * 0.001) for i in range(7)] + [(7, 50.0, 0.001)]
     pool, subs = pool_with(entries)
-    assert pool.hot_above == 7
     chosen = pool.select(1.0)
     assert chosen is not None
     assert chosen.subchannel is subs[6]  # lowest latency among the cold (RIF 7, 44 ms)
-    subs[6].in_flight += 1  # the channel sends the call: counted in, not stampeded
-    assert chosen.load() == 8
-    # now RIF 8 > 7 is hot: the next pick moves to the next fastest cold one
-    assert pool.select(1.0).subchannel is subs[5]  # type: ignore[union-attr]
-    subs[6].in_flight -= 1  # that call ended: the answer is as good as before
+    subs[6].in_flight += 44  # our calls since the probe count in: now the hottest (51)
+    assert chosen.load() == 51
+    assert pool.select(1.0).subchannel is subs[7]  # type: ignore[union-attr]  # 50 is cold now
+    subs[6].in_flight -= 44  # those calls ended: the answer is as good as before
     assert pool.select(1.0).subchannel is subs[6]  # type: ignore[union-attr]
 
 
-def test_when_every_entry_is_hot_the_lowest_rif_wins() -> None:
-    pool, subs = pool_with([(0, 1.0, 0.010), (1, 1.0, 0.010), (2, 1.0, 0.010)])
-    for sc in subs:  # our own calls made all of them hotter than any answer seen
-        sc.in_flight = 20
-    subs[1].in_flight = 5
-    assert pool.select(1.0).subchannel is subs[1]  # type: ignore[union-attr]
+def test_hot_is_relative_to_the_pool_so_a_burst_does_not_spill_onto_an_idle_slow_one() -> None:
+    # four fast backends (2 ms) with two entries each, one slow (50 ms) with one entry
+    entries = [(i % 4, 0.0, 0.002) for i in range(8)] + [(4, 0.0, 0.050)]
+    pool, subs = pool_with(entries)
+    picked = []
+    for _ in range(12):  # a burst: nothing ends in between
+        e = pool.select(1.0)
+        assert e is not None
+        e.subchannel.in_flight += 1
+        picked.append(e.subchannel)
+    assert subs[4] not in picked  # the fast ones stay cold together
+    assert sorted(sc.in_flight for sc in subs[:4]) == [3, 3, 3, 3]
+
+
+def test_entries_above_the_quantile_lose_to_any_at_or_below_it() -> None:
+    pool, subs = pool_with([(i, float(i), 0.010 - i * 0.0005) for i in range(10)])
+    pool.rif_quantile = 0.5
+    assert pool.threshold(sorted(float(i) for i in range(10))) == 4
+    assert pool.select(1.0).subchannel is subs[4]  # type: ignore[union-attr]  # fastest cold
 
 
 def test_an_entry_is_used_at_most_max_reuse_times() -> None:
     pool, subs = pool_with([(0, 0.0, 0.001), (1, 0.0, 0.009)], uses=2)
-    pool.hot_above = 100.0
     assert [pool.select(1.0).subchannel for _ in range(2)] == [subs[0], subs[0]]  # type: ignore[union-attr]
     assert [e.subchannel for e in pool.entries] == [subs[1]]
     assert pool.select(1.0).subchannel is subs[1]  # type: ignore[union-attr]
@@ -92,23 +102,15 @@ def test_old_answers_age_out_and_a_full_pool_drops_its_oldest() -> None:
 
 def test_remove_worst_takes_the_hottest_else_the_slowest() -> None:
     pool, subs = pool_with([(0, 1.0, 0.010), (1, 2.0, 0.090), (2, 3.0, 0.020)])
-    pool.hot_above = 2.0
-    assert pool.remove_worst().subchannel is subs[2]  # type: ignore[union-attr]  # hot
-    assert pool.remove_worst().subchannel is subs[1]  # type: ignore[union-attr]  # slowest cold
+    pool.rif_quantile = 0.5  # the median, 2: RIF 3 is hot
+    assert pool.remove_worst(1.0).subchannel is subs[2]  # type: ignore[union-attr]  # hot
+    assert pool.remove_worst(1.0).subchannel is subs[1]  # type: ignore[union-attr]  # slowest
 
 
 def test_unusable_and_excluded_backends_are_skipped() -> None:
     pool, subs = pool_with([(0, 0.0, 0.001), (1, 0.0, 0.002), (2, 0.0, 0.003)])
     subs[0]._usable = False
     assert pool.select(1.0, frozenset({subs[1]})).subchannel is subs[2]  # type: ignore[union-attr]
-
-
-def test_the_rif_quantile_follows_recent_answers() -> None:
-    subs = fake_subchannels(1)
-    pool = ProbePool(size=4, max_age_s=10.0, max_uses=10, rif_quantile=0.5)
-    for rif in range(1, 201):  # only the last 64 answers count
-        pool.add(subs[0], float(rif), 0.01, 0.0)
-    assert pool.hot_above == 168  # the median of 137..200
 
 
 # -- the policy: probing, with fake subchannels and a fake clock ----------------------------

@@ -105,6 +105,7 @@ class Server:
         self.probes = LoadProbes(clock=loop.time) if probes else None
         self.reporter = LoadReporter(capacity=slots, clock=loop.time) if orca else None
         self.completed = 0
+        self._sweep_armed = False
 
     def set_service(self, median_s: float, sigma: float) -> None:
         """From now on, service times of median ``median_s`` (sigma 0: always that)."""
@@ -129,10 +130,31 @@ class Server:
         else:
             call.state = "queued"
             self.queue.append(call)
-            call.handle = self.loop.call_at(call.deadline, self._expire, call)
+            if not self._sweep_armed:
+                self._sweep_armed = True
+                self.loop.call_at(self.queue[0].deadline, self._sweep)
+
+    def _sweep(self) -> None:
+        """Queued calls past their deadline leave the queue (one timer per server,
+        for the head of the queue: deadlines are in arrival order, near enough)."""
+        self._sweep_armed = False
+        queue, now = self.queue, self.loop.time()
+        while queue and queue[0].deadline <= now:
+            call = queue.popleft()
+            self._account(call, ok=False)
+            call.state = "done"
+            call.client.reply(call, DEADLINE)
+        if queue:
+            self._sweep_armed = True
+            self.loop.call_at(queue[0].deadline, self._sweep)
 
     def _start(self, call: Call) -> None:
         now = self.loop.time()
+        if now >= call.deadline:  # expired while queued: dropped, not served
+            self._account(call, ok=False)
+            call.state = "done"
+            call.client.reply(call, DEADLINE)
+            return
         self.busy += 1
         call.state = "running"
         end = now + self.service_time()
@@ -146,13 +168,9 @@ class Server:
         call.client.reply(call, OK)
 
     def _expire(self, call: Call) -> None:
-        """The deadline passed: the client gives up and the server drops the call."""
-        if call.state == "queued":
-            self.queue.remove(call)
-            self._account(call, ok=False)
-            call.state = "done"
-        else:
-            self._release(call, ok=False)
+        """The deadline passed while the call ran: the client gives up and the server
+        stops working on it (gRPC cancels the handler)."""
+        self._release(call, ok=False)
         call.client.reply(call, DEADLINE)
 
     def _release(self, call: Call, ok: bool) -> None:
@@ -162,10 +180,7 @@ class Server:
         self._account(call, ok)
         queue = self.queue
         while queue and (self.slots == 0 or self.busy < self.slots):
-            nxt = queue.popleft()
-            if nxt.handle is not None:
-                nxt.handle.cancel()
-            self._start(nxt)
+            self._start(queue.popleft())
 
     def _account(self, call: Call, ok: bool) -> None:
         if self.probes is not None:
@@ -184,7 +199,7 @@ class Server:
 
 class SimSubchannel(Subchannel):
     """A real Subchannel whose transport is the simulation: READY at once, probes
-    answered by the server's real LoadProbes after ``rtt_s``."""
+    answered by the server's real LoadProbes, the answer arriving ``rtt_s`` later."""
 
     def __init__(self, endpoint: Endpoint, server: Server, client: Client) -> None:
         super().__init__(endpoint, cast(Any, None), client, clock=client.loop.time)
@@ -211,16 +226,13 @@ class SimSubchannel(Subchannel):
         future: asyncio.Future[Any] = loop.create_future()
         probes = self.server.probes
         request_serializer(request)
-        half = client.rtt_s / 2
-
-        def answer() -> None:  # on the server, half a round trip later
-            if probes is None:
-                result: Any = StreamError(grpc.StatusCode.UNIMPLEMENTED, "unknown service")
-            else:
-                result = response_deserializer(probes.answer().SerializeToString())
-            client.at(loop.time() + half, _resolve, future, result)
-
-        loop.call_later(half, answer)
+        # The server answers at once (its counters, no queue); the answer reaches the
+        # client a round trip later, when the client's loop is free.
+        if probes is None:
+            result: Any = StreamError(grpc.StatusCode.UNIMPLEMENTED, "unknown service")
+        else:
+            result = response_deserializer(probes.answer().SerializeToString())
+        client.at(loop.time() + client.rtt_s, _resolve, future, result)
         return await future
 
     def close_transport(self) -> None:

@@ -8,17 +8,20 @@ RIF. Probes never delay a call: each pick asks for ``probesPerCall`` probes (a f
 accumulates), sent from the event loop afterwards to targets sampled without
 replacement, and an idle channel probes one backend every ``idleProbeInterval``.
 
-The **hot-cold lexicographic rule** picks from the pool: a backend is *hot* when its
-RIF is above the ``rifQuantile`` (0.84) quantile of the RIFs probes recently reported;
-the cold entry with the lowest latency wins, and if every entry is hot, the one with the
-lowest RIF. An entry's RIF counts this client's own calls to that backend sent after the
-probe and still in flight (the probe could not see them), so one answer is not
-stampeded.
+The **hot-cold lexicographic rule** picks from the pool: an entry is *hot* when its
+RIF is above the ``rifQuantile`` (0.84) quantile of the pool's RIFs, and the cold entry
+with the lowest latency wins. An entry's RIF counts this client's own calls to that
+backend sent after the probe and still in flight (the probe could not see them), so one
+answer is not stampeded. The quantile is taken over these current RIFs, so a burst of
+picks that loads every backend moves the threshold too (instead of spilling onto a slow
+backend that merely has nothing in flight), and there is always a cold entry: the
+paper's "every entry hot: the lowest RIF" fallback never applies.
 
 Maintenance keeps the pool fresh and useful: an entry is used at most ``maxReuse``
 times, dropped at ``maxProbeAge``, the **oldest** entry makes room when a probe
 arrives at a full pool, and the **worst** (highest-RIF hot, else slowest) is removed
-``removeWorstPerCall`` times per call. With an empty pool (start-up, probes failing)
+``removeWorstPerCall`` times per call (the defaults keep a full pool: at most one use
+in ``maxReuse`` and a quarter removal per call go out, ``probesPerCall`` come in). With an empty pool (start-up, probes failing)
 the pick is a power of two choices on this client's in-flight calls.
 
 A backend that does not serve the probe (UNIMPLEMENTED) is logged once and then
@@ -29,14 +32,12 @@ stand in for probe answers.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import logging
 import math
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -52,8 +53,6 @@ from grpc_balancer.subchannel import StreamError, Subchannel
 log = logging.getLogger("grpc_balancer.policies.prequal")
 
 NAME = "prequal"
-#: How many recent probe answers the hot/cold RIF quantile is taken over.
-RIF_HISTORY = 64
 #: A backend that answered UNIMPLEMENTED is probed again after this long (it may
 #: have been upgraded meanwhile).
 UNPROBED_RETRY_S = 60.0
@@ -93,7 +92,13 @@ class ProbeEntry:
 class ProbePool:
     """The pool and the hot-cold rule: no I/O, no clock of its own (``now`` is passed),
     so every rule is testable with plain numbers. Not thread-safe: the policy holds
-    its lock around every call."""
+    its lock around every call.
+
+    *Hot* is relative to the pool itself: the threshold is the ``rif_quantile`` of the
+    live entries' current RIFs (this client's calls since each probe included), so a
+    burst of picks that raises every backend's RIF together moves the threshold with
+    it instead of spilling onto a slow backend that merely has nothing in flight.
+    """
 
     def __init__(self, size: int, max_age_s: float, max_uses: int, rif_quantile: float) -> None:
         self.size = size
@@ -101,78 +106,76 @@ class ProbePool:
         self.max_uses = max_uses
         self.rif_quantile = rif_quantile
         self.entries: list[ProbeEntry] = []
-        self._history: deque[float] = deque(maxlen=RIF_HISTORY)
-        self._sorted: list[float] = []
-        #: RIF above this is hot (recomputed when an answer arrives).
-        self.hot_above = math.inf
 
     def add(self, subchannel: Subchannel, rif: float, latency_s: float, now: float) -> None:
         """A probe answered; a full pool drops its oldest entry for it."""
-        self._learn_rif(rif)
         entries = self.entries
         if len(entries) >= self.size:
             del entries[0]  # the oldest: entries are kept in arrival order
         entries.append(ProbeEntry(subchannel, rif, latency_s, now))
-
-    def _learn_rif(self, rif: float) -> None:
-        history, ordered = self._history, self._sorted
-        if len(history) == history.maxlen:
-            del ordered[bisect.bisect_left(ordered, history[0])]
-        history.append(rif)
-        bisect.insort(ordered, rif)
-        index = min(len(ordered) - 1, max(0, math.ceil(self.rif_quantile * len(ordered)) - 1))
-        self.hot_above = ordered[index]
 
     def expire(self, now: float) -> None:
         limit = now - self.max_age_s
         if any(e.received < limit for e in self.entries):
             self.entries = [e for e in self.entries if e.received >= limit]
 
-    def select(self, now: float, exclude: frozenset[Subchannel] = frozenset()) -> ProbeEntry | None:
-        """The hot-cold rule over live entries of usable backends, counting one use
-        into the winner. None when no entry qualifies. (The hot loop of prequal's pick:
-        ``ProbeEntry.load`` is inlined.)"""
+    def threshold(self, loads: list[float]) -> float:
+        """The RIF above which an entry is hot: the quantile of ``loads`` (sorted)."""
+        index = math.ceil(self.rif_quantile * len(loads)) - 1
+        return loads[min(len(loads) - 1, max(0, index))]
+
+    def _live(
+        self, now: float, exclude: frozenset[Subchannel]
+    ) -> tuple[list[tuple[float, ProbeEntry]], float]:
+        """(load, entry) of every live entry of a usable backend, and the hot threshold.
+        (The hot loop of prequal's pick: ``ProbeEntry.load`` is inlined.)"""
         entries = self.entries
-        if not entries:
-            return None
-        if entries[0].received < now - self.max_age_s:  # entries are in arrival order
-            self.expire(now)
+        if entries and entries[0].received < now - self.max_age_s:
+            self.expire(now)  # entries are in arrival order: only then can any be old
             entries = self.entries
-        hot_above = self.hot_above
-        best_cold: ProbeEntry | None = None
-        cold_latency = cold_load = hot_load = math.inf
-        best_hot: ProbeEntry | None = None
+        live: list[tuple[float, ProbeEntry]] = []
         for e in entries:
             sc = e.subchannel
             if not sc.usable or (exclude and sc in exclude):
                 continue
             extra = sc.in_flight - e.base_in_flight
-            load = e.rif + extra if extra > 0 else e.rif
+            live.append((e.rif + extra if extra > 0 else e.rif, e))
+        if not live:
+            return live, math.inf
+        return live, self.threshold(sorted([load for load, _ in live]))
+
+    def select(self, now: float, exclude: frozenset[Subchannel] = frozenset()) -> ProbeEntry | None:
+        """The hot-cold rule: the cold entry with the lowest latency (then the lowest
+        RIF). The paper's other case, "every entry hot: the lowest RIF", cannot arise
+        with a threshold taken over the entries themselves (at least one is at or below
+        any quantile of them). Counts one use into the winner; None when no live entry
+        qualifies."""
+        live, hot_above = self._live(now, exclude)
+        chosen: ProbeEntry | None = None
+        best_latency = best_load = math.inf
+        for load, e in live:
             if load <= hot_above:
                 latency = e.latency_s
-                if latency < cold_latency or (latency == cold_latency and load < cold_load):
-                    best_cold, cold_latency, cold_load = e, latency, load
-            elif load < hot_load:
-                best_hot, hot_load = e, load
-        chosen = best_cold or best_hot
+                if latency < best_latency or (latency == best_latency and load < best_load):
+                    chosen, best_latency, best_load = e, latency, load
         if chosen is None:
             return None
         chosen.uses += 1
         if chosen.uses >= self.max_uses:
-            entries.remove(chosen)
+            self.entries.remove(chosen)
         return chosen
 
-    def remove_worst(self) -> ProbeEntry | None:
+    def remove_worst(self, now: float) -> ProbeEntry | None:
         """Drop the entry the rule would take last: the hottest, else the slowest."""
-        if not self.entries:
+        live, hot_above = self._live(now, frozenset())
+        if not live:
             return None
-        hot_above = self.hot_above
 
-        def badness(e: ProbeEntry) -> tuple[bool, float]:
-            load = e.load()
+        def badness(item: tuple[float, ProbeEntry]) -> tuple[bool, float]:
+            load, e = item
             return (load > hot_above, load if load > hot_above else e.latency_s)
 
-        worst = max(self.entries, key=badness)
+        worst = max(live, key=badness)[1]
         self.entries.remove(worst)
         return worst
 
@@ -183,7 +186,7 @@ class ProbePool:
         return len(self.entries)
 
     def __repr__(self) -> str:
-        return f"<ProbePool hot_above={self.hot_above:g} {self.entries!r}>"
+        return f"<ProbePool {self.entries!r}>"
 
 
 class PrequalPicker:
@@ -283,12 +286,13 @@ class PrequalPolicy(BasePolicy):
     # -- the pick (any thread) -------------------------------------------------------------
     def select(self, exclude: frozenset[Subchannel]) -> ProbeEntry | None:
         with self._lock:
-            entry = self.pool.select(self._clock(), exclude)
+            now = self._clock()
+            entry = self.pool.select(now, exclude)
             self._removals_due += self.remove_worst_per_call
             while self._removals_due >= 1.0:
                 self._removals_due -= 1.0
                 if len(self.pool) > 1:
-                    self.pool.remove_worst()
+                    self.pool.remove_worst(now)
             self._probes_due += self.probes_per_call
             schedule = self._probes_due >= 1.0 and not self._flush_scheduled
             if schedule:
