@@ -296,7 +296,7 @@ class Client:
         self._endpoints = [Endpoint(s.address) for s in servers]
 
     def start(self) -> None:
-        self.policy.update_endpoints(self._endpoints)
+        self.run(self.policy.update_endpoints, self._endpoints)
 
     # -- ChannelControl ---------------------------------------------------------------------
     def create_subchannel(self, endpoint: Endpoint) -> Subchannel:
@@ -324,13 +324,33 @@ class Client:
     # -- the client's event loop, which may stall ------------------------------------------
     def at(self, when: float, callback: Callable[..., None], *args: Any) -> None:
         """Run ``callback`` at ``when``, or when this client's loop is free again."""
-        self.loop.call_at(when, self._gate, callback, args)
+        loop = self.loop
+        owner, loop.owner = loop.owner, None
+        try:
+            loop.call_at(when, self.gate, callback, args)
+        finally:
+            loop.owner = owner
 
-    def _gate(self, callback: Callable[..., None], args: tuple[Any, ...]) -> None:
-        if self.loop.time() < self.busy_until:
-            self.loop.call_at(self.busy_until, self._gate, callback, args)
-        else:
+    def gate(self, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
+        """Run one callback of this client's loop: now, or once a stall is over.
+        Whatever it schedules belongs to this client too (see VirtualLoop.owner)."""
+        loop = self.loop
+        if loop.time() < self.busy_until:
+            owner, loop.owner = loop.owner, None
+            try:
+                loop.call_at(self.busy_until, self.gate, callback, args)
+            finally:
+                loop.owner = owner
+            return
+        owner, loop.owner = loop.owner, self
+        try:
             callback(*args)
+        finally:
+            loop.owner = owner
+
+    def run(self, callback: Callable[..., object], *args: Any) -> None:
+        """Run ``callback`` now as this client's code (its policy's timers are its own)."""
+        self.gate(callback, args)
 
     def stall(self, duration_s: float) -> None:
         self.busy_until = max(self.busy_until, self.loop.time() + duration_s)

@@ -205,7 +205,7 @@ def simulate(
             scenario.background(loop, servers, random.Random(master.random()))
         await asyncio.sleep(scenario.duration_s + scenario.timeout_s + 0.5)
         for client in clients:
-            client.policy.close()
+            client.run(client.policy.close)
         for _ in range(3):  # let cancelled probe tasks finish
             await asyncio.sleep(0)
 

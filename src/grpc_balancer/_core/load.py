@@ -5,14 +5,20 @@ peak_ewma, ``status()`` and the metrics alike.
 Finagle's/Linkerd's peak EWMA: a slower sample replaces the estimate at once, faster
 samples pull it down with time constant ``decay_s``; a failure counts as a sample of
 at least ``penalty_s`` (a backend that fails fast never looks fast), a cancelled call
-teaches nothing.
+teaches nothing. With a :class:`~grpc_balancer._core.stalls.StallMeter` set (peak_ewma
+sets one), the time this client's own loop was stalled during a call is not counted
+as the backend's.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import grpc
+
+if TYPE_CHECKING:
+    from grpc_balancer._core.stalls import StallMeter
 
 DEFAULT_DECAY_S = 10.0
 DEFAULT_PENALTY_S = 1.0
@@ -24,7 +30,7 @@ _CANCELLED = grpc.StatusCode.CANCELLED
 class LatencyEstimate:
     """Peak EWMA of one backend's latency, with failures counted as slow samples."""
 
-    __slots__ = ("busy_since", "decay_s", "penalty_s", "samples", "stamp", "value_s")
+    __slots__ = ("busy_since", "decay_s", "penalty_s", "samples", "stalls", "stamp", "value_s")
 
     def __init__(
         self, decay_s: float = DEFAULT_DECAY_S, penalty_s: float = DEFAULT_PENALTY_S
@@ -36,6 +42,8 @@ class LatencyEstimate:
         self.samples = 0
         #: when the backend last went from idle to busy (set by the picker)
         self.busy_since = 0.0
+        #: this client's loop stalls, discounted from samples (None: not measured)
+        self.stalls: StallMeter | None = None
 
     def at(self, now: float) -> float:
         """The estimate decayed to ``now`` (decays toward zero while nothing is learnt)."""
@@ -50,6 +58,9 @@ class LatencyEstimate:
 
     def on_call(self, latency_s: float, code: grpc.StatusCode, now: float) -> None:
         """One attempt's end: a failure is a slow sample, a cancelled call teaches nothing."""
+        stalls = self.stalls
+        if stalls is not None:  # the client's own stall is not the backend's latency
+            latency_s = max(latency_s - stalls.stalled_between(now - latency_s, now), 0.0)
         if code is not _OK:
             if code is _CANCELLED:
                 return

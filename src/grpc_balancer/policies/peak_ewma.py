@@ -12,13 +12,21 @@ keep it safe:
   the first reply may include connection setup, so it is provisional);
 * a backend with calls in flight is at least as slow as the time since it last
   answered (or since it got busy): a backend that stalls stops attracting calls within
-  milliseconds, long before the first stuck call times out and reports.
+  milliseconds, long before the first stuck call times out and reports;
+* a stall of this *client's* event loop is not the backends' latency: a heartbeat
+  (:class:`~grpc_balancer._core.stalls.StallMeter`, while the channel is in use)
+  measures it, and it is taken out of every sample and of the silence above. Without
+  that, a busy client inflated the estimates of the fast backends (they always have
+  calls in flight), the peak stuck for about ``decayTime``, and the rarely used slow
+  backend won comparisons for seconds at a time (issue 16).
 
 Config: ``choiceCount`` (2..10), ``decayTime``, ``failurePenalty``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import random
 import time
@@ -28,6 +36,7 @@ from typing import Any
 import grpc
 
 from grpc_balancer._core.load import LatencyEstimate
+from grpc_balancer._core.stalls import StallMeter
 from grpc_balancer.errors import ServiceConfigError
 from grpc_balancer.picker import PickInfo, first_not_excluded
 from grpc_balancer.policies import _config
@@ -47,7 +56,7 @@ _OK = grpc.StatusCode.OK
 
 
 class PeakEwmaPicker:
-    __slots__ = ("_choices", "_clock", "_estimates", "_n", "_rand", "_subchannels")
+    __slots__ = ("_choices", "_clock", "_estimates", "_n", "_rand", "_stalls", "_subchannels")
 
     def __init__(
         self,
@@ -56,6 +65,7 @@ class PeakEwmaPicker:
         choices: int,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        stalls: StallMeter | None = None,
     ) -> None:
         self._subchannels = tuple(subchannels)
         self._estimates = tuple(estimates)
@@ -63,6 +73,7 @@ class PeakEwmaPicker:
         self._choices = choices
         self._rand = (rng or random.Random()).random
         self._clock = clock
+        self._stalls = stalls
 
     def cost(self, i: int, now: float) -> float:
         est = self._estimates[i]
@@ -74,8 +85,12 @@ class PeakEwmaPicker:
             return est.at(now)
         silent = now - (est.stamp if est.stamp > est.busy_since else est.busy_since)
         latency = est.at(now)
-        if silent > _SILENT_FACTOR * latency:  # far slower than usual: stalled
-            latency = silent
+        if silent > _SILENT_FACTOR * latency:  # far slower than usual: stalled?
+            stalls = self._stalls
+            if stalls is not None:  # not if it was our own loop that could not listen
+                silent -= stalls.stalled_between(now - silent, now)
+            if silent > latency:
+                latency = silent
         return latency * (in_flight + 1)
 
     def pick(self, info: PickInfo) -> Subchannel | None:
@@ -84,6 +99,8 @@ class PeakEwmaPicker:
             best = 0
         else:
             now = self._clock()
+            if self._stalls is not None:
+                self._stalls.touch(now)
             cost = self.cost
             if self._choices == 2:
                 rand = self._rand
@@ -132,6 +149,7 @@ class PeakEwmaPolicy(BasePolicy):
         self.penalty_s = _config.duration(NAME, config, "failurePenalty", 1.0)
         self._rng = rng
         self._clock = clock
+        self._stalls: StallMeter | None = None
 
     def estimate(self, sc: Subchannel) -> LatencyEstimate:
         """The backend's one latency estimate (the one status() and metrics show),
@@ -139,6 +157,7 @@ class PeakEwmaPolicy(BasePolicy):
         est = sc.latency
         est.decay_s = self.decay_s
         est.penalty_s = self.penalty_s
+        est.stalls = self._stalls
         return est
 
     def subchannel_added(self, subchannel: Subchannel) -> None:
@@ -146,8 +165,23 @@ class PeakEwmaPolicy(BasePolicy):
         super().subchannel_added(subchannel)
 
     def build_picker(self, usable: list[Subchannel]) -> PeakEwmaPicker:
+        if self._stalls is None:
+            with contextlib.suppress(RuntimeError):  # no running loop: not measured
+                self._stalls = StallMeter(asyncio.get_running_loop(), self._clock)
         estimates = [self.estimate(sc) for sc in usable]
-        return PeakEwmaPicker(usable, estimates, self.choice_count, self._rng, self._clock)
+        return PeakEwmaPicker(
+            usable, estimates, self.choice_count, self._rng, self._clock, self._stalls
+        )
+
+    def subchannel_removed(self, subchannel: Subchannel) -> None:
+        subchannel.latency.stalls = None
+
+    def close(self) -> None:
+        for sc in self._ordered:
+            sc.latency.stalls = None
+        super().close()
+        if self._stalls is not None:
+            self._stalls.close()
 
 
 register_builtin_policy(NAME, PeakEwmaPolicy)
