@@ -11,6 +11,7 @@ one response, as in grpc-go).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Generator
 from functools import partial
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
+from grpc._cython import cygrpc  # type: ignore[attr-defined]
 from grpc.aio import Metadata
 
 from grpc_balancer._attempts.attempt import Attempt
@@ -34,9 +36,7 @@ from grpc_balancer._attempts.plan import (
     Send,
 )
 from grpc_balancer._attempts.replay import AsyncRequests
-from grpc_balancer._attempts.retry import HedgingPolicy, RetryPolicy
 from grpc_balancer._observe.capture import CURRENT as _CAPTURE
-from grpc_balancer.picker import PickInfo
 
 if TYPE_CHECKING:
     from grpc_balancer._aio.channel import BalancedChannel
@@ -49,6 +49,8 @@ _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 _CODES = CODE_OF_INT
+_LOGGER = logging.getLogger("grpc._common")  # grpcio logs (de)serializer failures there
+_census_context = cygrpc.build_census_context
 
 
 def _status_of(call: Any) -> tuple[grpc.StatusCode, str, tuple[Any, ...], str | None]:
@@ -73,6 +75,51 @@ def _being_cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+class _UnaryAttempt:
+    """One unary-unary attempt on grpcio's Cython call, without grpc.aio's Python call
+    object around it (what grpcio's ``UnaryUnaryCall`` does, minus what the balanced
+    call already does: its own call object, deadline, metadata and done handling).
+
+    It offers the part of a grpc.aio call the driver and the channel's close use. The
+    status is read from the Cython call as for grpc.aio calls (``_status_of``)."""
+
+    __slots__ = ("_cython_call", "_task")
+
+    def __init__(self, cython_call: Any, task: asyncio.Task[Any]) -> None:
+        self._cython_call = cython_call
+        self._task = task
+
+    def cancel(self) -> bool:
+        if self._cython_call.done():
+            return False
+        self._cython_call.cancel("Locally cancelled by application!")
+        return True
+
+    def done(self) -> bool:
+        return bool(self._cython_call.done())
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        response = yield from self._task
+        if response is _EOF:
+            code, details, trailers, debug = _status_of(self)
+            raise aio_error(code, details, (), trailers, debug)
+        return response
+
+    async def code(self) -> grpc.StatusCode:
+        await asyncio.shield(self._task)
+        return _status_of(self)[0]
+
+    async def wait_for_connection(self) -> None:
+        await asyncio.shield(self._task)
+
+    async def initial_metadata(self) -> Metadata:
+        return Metadata.from_tuple(await self._cython_call.initial_metadata())
+
+    async def trailing_metadata(self) -> Metadata:
+        await asyncio.shield(self._task)
+        return Metadata.from_tuple(_status_of(self)[2])
+
+
 class _MultiCallable:
     _kind = Kind.UNARY_UNARY
 
@@ -93,24 +140,8 @@ class _MultiCallable:
     def load_method_config(self) -> None:
         """methodConfig, looked up once per config (not per call), so calls without a
         policy pay nothing; a new config from the resolver bumps the generation."""
-        channel = self._channel
-        self._generation = channel.config_generation
-        policy = channel.method_policy(self._method)
-        self._timeout = None if policy is None else policy.timeout_s
-        self._wait_for_ready = None if policy is None else policy.wait_for_ready
-        self._retry: RetryPolicy | None = None if policy is None else policy.retry
-        self._hedging: HedgingPolicy | None = None if policy is None else policy.hedging
-        self._spec = CallSpec(
-            self._kind,
-            channel.picking,
-            self._retry,
-            self._hedging,
-            channel.throttle,
-            channel.emit,
-            time.monotonic,
-            None,
-            channel.retry_buffer_size,
-        )
+        self._generation = self._channel.config_generation
+        self._spec = CallSpec.for_method(self._kind, self._method, self._channel)
 
     def inner(self, sc: Any) -> Any:
         """This method's grpc.aio multicallable on ``sc``'s channel (cached per subchannel)."""
@@ -141,6 +172,8 @@ class _Call:
     _done_callbacks: list[Callable[[Any], None]] | None = None
     _prefetch = False
     _cancelled = False
+    #: unary-unary without compression: attempts on grpcio's Cython call (_UnaryAttempt)
+    _direct = False
     _last: Attempt | None = None
 
     def __init__(
@@ -162,9 +195,6 @@ class _Call:
         self._channel = channel
         if mc._generation != channel.config_generation:
             mc.load_method_config()
-        if mc._timeout is not None and (timeout is None or mc._timeout < timeout):
-            timeout = mc._timeout  # methodConfig timeout: the smaller one wins
-        self._deadline = None if timeout is None else time.monotonic() + timeout
         self._credentials = credentials
         self._compression = compression
         self._request = request
@@ -175,16 +205,12 @@ class _Call:
         self._done_callbacks = None
         self._waiting_on = None
         self._requests = None
-        if self._kind is Kind.STREAM_UNARY or self._kind is Kind.STREAM_STREAM:
+        if self._kind is Kind.UNARY_UNARY:
+            self._direct = compression is None
+        elif self._kind is Kind.STREAM_UNARY or self._kind is Kind.STREAM_STREAM:
             self._requests = AsyncRequests(request, self._buffered)
-        self._plan = AttemptPlan.for_call(
-            mc._spec,
-            PickInfo(mc._method, metadata),
-            metadata,
-            self._deadline,
-            bool(mc._wait_for_ready if wait_for_ready is None else wait_for_ready),
-        )
-        if not self._unary_response and (mc._retry is not None or mc._hedging is not None):
+        self._plan = plan = mc._spec.plan(timeout, metadata, wait_for_ready)
+        if not self._unary_response and (plan._retry is not None or plan._hedging is not None):
             # Stream responses that may retry: read the first message before the
             # application does, to know when the call commits.
             self._prefetch = True
@@ -259,8 +285,30 @@ class _Call:
 
     def _send(self, attempt: Attempt) -> None:
         self._last = attempt
-        sc = attempt.subchannel
+        sc: Any = attempt.subchannel  # an AioSubchannel (direct_calls)
         inner = sc.callables.get(self._mc._key) or self._mc.inner(sc)
+        if self._direct and not inner._interceptors:
+            # unary-unary: grpcio's Cython call driven from here (see _UnaryAttempt)
+            timeout = attempt.timeout
+            try:
+                cython_call = inner._channel.call(
+                    inner._method,
+                    None if timeout is None else time.time() + timeout,
+                    self._credentials,
+                    False,
+                    inner._registered_call_handle,
+                )
+            except Exception as exc:  # the endpoint channel closed between pick and send
+                self._loop.call_soon(
+                    self._end, attempt, grpc.StatusCode.UNAVAILABLE, f"Channel closed: {exc}", None
+                )
+                return
+            direct = _UnaryAttempt(
+                cython_call, self._loop.create_task(self._invoke(attempt, cython_call))
+            )
+            attempt.call = direct
+            sc.direct_calls.add(direct)
+            return
         try:
             call = inner(
                 self._request if self._requests is None else self._requests.replay(),
@@ -283,6 +331,42 @@ class _Call:
             task = self._loop.create_task(self._read_first(attempt))
             self._readers.add(task)  # the loop keeps only a weak reference
             task.add_done_callback(self._readers.discard)
+
+    async def _invoke(self, attempt: Attempt, cython_call: Any) -> Any:
+        """A direct unary attempt, start to end: what grpc.aio's ``_invoke`` does, and the
+        plan told at once (no done-callback). Gives the response, or EOF when not OK."""
+        request = self._request
+        serializer = self._mc._request_serializer
+        if serializer is not None:
+            try:
+                request = serializer(request)
+            except Exception:  # as grpcio: logged, and the call fails in the core
+                _LOGGER.exception("Exception serializing message!")
+                request = None
+        metadata = attempt.metadata
+        try:
+            response = await cython_call.unary_unary(
+                request,
+                metadata if type(metadata) is tuple else tuple(metadata),
+                _census_context(),
+            )
+        except asyncio.CancelledError:  # the task itself (loop shutdown): end the RPC
+            if not cython_call.done():
+                cython_call.cancel("Locally cancelled by application!")
+            response = None
+        sc: Any = attempt.subchannel  # an AioSubchannel
+        sc.direct_calls.discard(attempt.call)
+        self._attempt_done(attempt, attempt.call)
+        if not cython_call.is_ok():
+            return _EOF
+        deserializer = self._mc._response_deserializer
+        if deserializer is None:
+            return response
+        try:
+            return deserializer(response)
+        except Exception:
+            _LOGGER.exception("Exception deserializing message!")
+            return None
 
     def _attempt_done(self, attempt: Attempt, call: Any) -> None:
         if self._prefetch and attempt not in self._responded:
@@ -425,9 +509,10 @@ class _Call:
         return True
 
     def time_remaining(self) -> float | None:
-        if self._deadline is None:
+        deadline = self._plan.deadline
+        if deadline is None:
             return None
-        return max(self._deadline - time.monotonic(), 0.0)
+        return max(deadline - time.monotonic(), 0.0)
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         if self._plan.done:
@@ -497,8 +582,18 @@ class _UnaryResponse(_Call):
             while plan.outcome is None:
                 attempt = self._last
                 if attempt is not None and not attempt.ended and plan._hedging is None:
+                    call = attempt.call
+                    if type(call) is _UnaryAttempt:
+                        response = yield from call._task
+                        if (
+                            response is not _EOF
+                            and plan.outcome is not None
+                            and plan.outcome.attempt is attempt
+                        ):
+                            return response
+                        continue  # a failure: the plan has been told, as below
                     try:
-                        response = yield from attempt.call.__await__()
+                        response = yield from call.__await__()
                     except grpc.aio.AioRpcError:
                         continue  # the done-callback told the plan already
                     except asyncio.CancelledError:

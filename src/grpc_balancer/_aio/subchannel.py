@@ -47,6 +47,9 @@ class AioSubchannel(Subchannel):
         self._transport: grpc.aio.Channel | None = None
         self._dialer = dialer
         self._watch_task: asyncio.Task[None] | None = None
+        #: Unary attempts driven on grpcio's Cython call (not grpc.aio call objects, so
+        #: the grpc.aio channel does not track them): the close ends them.
+        self.direct_calls: set[Any] = set()
         super().__init__(endpoint, None, listener)  # type: ignore[arg-type]
 
     @property
@@ -156,8 +159,16 @@ class AioSubchannel(Subchannel):
         (not after it, as "Event loop is closed" noise); grpc.aio reports SHUTDOWN only
         once every call object made on the channel is freed, so the wait is short."""
         if self._transport is not None:
+            loop = asyncio.get_running_loop()
+            until = None if grace is None else loop.time() + grace
+            direct = [call for call in self.direct_calls if not call.done()]
+            if grace and direct:  # as grpc.aio does for its own calls: grace, then cancel
+                await asyncio.wait([call._task for call in direct], timeout=grace)
+            for call in direct:
+                call.cancel()
+            left = None if until is None else max(until - loop.time(), 0.0)
             with contextlib.suppress(Exception):
-                await self._transport.close(grace)
+                await self._transport.close(left)
         task, self._watch_task = self._watch_task, None
         if task is not None and not task.done():
             _, pending = await asyncio.wait([task], timeout=_WATCH_EXIT_S)

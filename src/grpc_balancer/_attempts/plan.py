@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import enum
 import random
+import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
@@ -37,6 +38,7 @@ from grpc_balancer._attempts.retry import (
     PREVIOUS_ATTEMPTS_KEY,
     PUSHBACK_KEY,
     HedgingPolicy,
+    MethodPolicy,
     RetryPolicy,
     RetryThrottle,
     hedge_failure_is_fatal,
@@ -178,21 +180,39 @@ class Finish:
 Action = Send | Cancel | Commit | Finish
 
 
+class CallChannel(Protocol):
+    """What a multicallable's spec is made from: the aio channel, or the sync one's core."""
+
+    @property
+    def picking(self) -> Picking: ...
+    @property
+    def throttle(self) -> RetryThrottle | None: ...
+    @property
+    def retry_buffer_size(self) -> int: ...
+
+    def emit(self, event: Event, subchannel: Any, code: Code | None) -> None: ...
+    def method_policy(self, method: str) -> MethodPolicy | None: ...
+
+
 class CallSpec:
     """What every call of one method on one channel shares (made once per
     multicallable): its kind, the pick seam, its method config, the channel's
     throttle and event sink, the clock."""
 
     __slots__ = (
+        "_bare_info",
         "buffer_limit",
         "clock",
         "emit",
         "hedging",
         "kind",
+        "method",
         "picking",
         "retry",
         "rng",
         "throttle",
+        "timeout",
+        "wait_for_ready",
     )
 
     def __init__(
@@ -206,6 +226,9 @@ class CallSpec:
         clock: Callable[[], float],
         rng: random.Random | None = None,
         buffer_limit: int = DEFAULT_BUFFER_LIMIT,
+        method: str = "",
+        timeout: float | None = None,
+        wait_for_ready: bool | None = None,
     ) -> None:
         self.kind = kind
         self.picking = picking
@@ -216,6 +239,59 @@ class CallSpec:
         self.clock = clock
         self.rng = rng
         self.buffer_limit = buffer_limit
+        self.method = method
+        #: the methodConfig's timeout and waitForReady (None: not set)
+        self.timeout = timeout
+        self.wait_for_ready = wait_for_ready
+        #: the PickInfo of every call without metadata (a plan that excludes backends
+        #: makes its own: see AttemptPlan._exclude_tried)
+        self._bare_info = PickInfo(method)
+
+    @classmethod
+    def for_method(cls, kind: Kind, method: str, channel: CallChannel) -> CallSpec:
+        """Both drivers' multicallables: ``method``'s methodConfig looked up once here,
+        so calls without one pay nothing for it."""
+        policy = channel.method_policy(method)
+        return cls(
+            kind,
+            channel.picking,
+            None if policy is None else policy.retry,
+            None if policy is None else policy.hedging,
+            channel.throttle,
+            channel.emit,
+            time.monotonic,
+            None,
+            channel.retry_buffer_size,
+            method,
+            None if policy is None else policy.timeout_s,
+            None if policy is None else policy.wait_for_ready,
+        )
+
+    def plan(
+        self, timeout: float | None, metadata: Metadata | None, wait_for_ready: bool | None
+    ) -> AttemptPlan:
+        """One call's plan from the call's own arguments: the methodConfig's timeout
+        where it is smaller (gRFC A6), its waitForReady unless the call says."""
+        if self.timeout is not None and (timeout is None or self.timeout < timeout):
+            timeout = self.timeout
+        # the plan made here, not in an AttemptPlan constructor: this runs once per
+        # call, and only calls with a policy pay for _setup
+        plan = AttemptPlan.__new__(AttemptPlan)
+        plan._spec = self
+        plan.info = self._bare_info if metadata is None else PickInfo(self.method, metadata)
+        plan._metadata = metadata or ()
+        if timeout is None:
+            plan.deadline = None
+        else:  # the clock read once: the first attempt's timeout is the call's
+            plan._created = now = self.clock()
+            plan.deadline = now + timeout
+        plan._wait_for_ready = bool(
+            self.wait_for_ready if wait_for_ready is None else wait_for_ready
+        )
+        plan.running = []
+        if self.retry is not None or self.hedging is not None:
+            plan._setup(self, plan.info, metadata, plan.deadline, plan._wait_for_ready)
+        return plan
 
 
 class AttemptPlan:
@@ -237,6 +313,8 @@ class AttemptPlan:
     _sent = 0
     _transparent = 0
     _last_failure: tuple[Attempt, Code, str] | None = None
+    #: The clock when the plan was made with a deadline, until the first send uses it.
+    _created: float | None = None
     _retry: RetryPolicy | None = None
     _hedging: HedgingPolicy | None = None
     _hedge_limit = 1
@@ -271,29 +349,6 @@ class AttemptPlan:
         self._setup(spec, info, metadata, deadline, wait_for_ready)
         if not replayable:
             self._replayable = False
-
-    @classmethod
-    def for_call(
-        cls,
-        spec: CallSpec,
-        info: PickInfo,
-        metadata: Metadata | None,
-        deadline: float | None,
-        wait_for_ready: bool,
-    ) -> AttemptPlan:
-        """The drivers' constructor: what is the same for every call of a method is in
-        ``spec``, made once per multicallable."""
-        plan = cls.__new__(cls)
-        # _setup, inlined: this runs once per call
-        plan._spec = spec
-        plan.info = info
-        plan._metadata = metadata or ()
-        plan.deadline = deadline
-        plan._wait_for_ready = wait_for_ready
-        plan.running = []
-        if spec.retry is not None or spec.hedging is not None:
-            plan._setup(spec, info, metadata, deadline, wait_for_ready)
-        return plan
 
     def _setup(
         self,
@@ -332,6 +387,7 @@ class AttemptPlan:
         except PickError as err:
             return self._fail(err.code, err.message)
         if sc is None:
+            self._created = None  # the send comes later: its clock is read then
             return self._wait_for_picker(self.deadline)
         return self._send(sc)
 
@@ -475,7 +531,7 @@ class AttemptPlan:
     # -- decisions ------------------------------------------------------------------------
     def _pick(self) -> list[Action]:
         if self._tried:
-            self.info.exclude = frozenset(self._tried)
+            self._exclude_tried()
         try:
             sc = self._spec.picking.pick(self.info, self._wait_for_ready)
         except PickError as err:
@@ -499,8 +555,17 @@ class AttemptPlan:
         return []
 
     def _send(self, sc: Any) -> list[Action]:
-        # the clock is read only when a deadline or a hedging delay needs it
-        now = self._spec.clock() if self.deadline is not None or self._hedging is not None else 0.0
+        # the clock is read only when a deadline or a hedging delay needs it (and not
+        # again for a first attempt sent as the call starts)
+        now = self._created
+        if now is None:
+            now = (
+                self._spec.clock()
+                if self.deadline is not None or self._hedging is not None
+                else 0.0
+            )
+        else:
+            self._created = None
         timeout = None
         if self.deadline is not None:
             timeout = self.deadline - now
@@ -544,12 +609,18 @@ class AttemptPlan:
             return self._maybe_give_up()
         if not self.running:
             return self._pick()  # nothing in flight: this one may wait for a backend
-        self.info.exclude = frozenset(self._tried)
+        self._exclude_tried()
         sc = self._spec.picking.pick_now(self.info)
         if sc is None:  # a hedge never waits: the others may answer meanwhile
             self.wake_at = self._spec.clock() + policy.delay_s
             return []
         return self._send(sc)
+
+    def _exclude_tried(self) -> None:
+        """The next pick skips the backends tried so far (a new PickInfo: the first
+        one may be shared by every call of the method)."""
+        info = self.info
+        self.info = PickInfo(info.method, info.metadata, info.hash_key, frozenset(self._tried))
 
     def _maybe_give_up(self) -> list[Action]:
         if self.running:

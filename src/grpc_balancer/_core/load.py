@@ -68,7 +68,10 @@ class LatencyEstimate:
         if self.samples < 2:
             self.value_s = latency_s  # the first reply may carry connection setup: provisional
         else:
-            w = _exp(-max(now - self.stamp, 0.0) / self.decay_s)
+            x = (now - self.stamp) / self.decay_s
+            # exp(-x) to within x²/2 (< 5e-7) for the fresh samples of a busy backend,
+            # without the calls: this runs at the end of every attempt
+            w = (1.0 - x if x > 0.0 else 1.0) if x < 0.001 else _exp(-x)
             current = self.value_s * w
             self.value_s = (
                 latency_s if latency_s > current else current + (latency_s - current) * (1.0 - w)

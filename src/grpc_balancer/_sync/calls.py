@@ -32,9 +32,7 @@ from grpc_balancer._attempts.plan import (
     Send,
 )
 from grpc_balancer._attempts.replay import SyncRequests
-from grpc_balancer._attempts.retry import HedgingPolicy, RetryPolicy
 from grpc_balancer._observe.capture import CURRENT as _CAPTURE
-from grpc_balancer.picker import PickInfo
 
 if TYPE_CHECKING:
     from grpc_balancer._sync.channel import SyncBalancedChannel
@@ -98,39 +96,15 @@ class _SyncMultiCallable:
 
     def load_method_config(self) -> None:
         """methodConfig, looked up once per config (see the asyncio multicallable)."""
-        core = self._core
-        self._generation = core.config_generation
-        policy = core.method_policy(self._method)
-        self._timeout = None if policy is None else policy.timeout_s
-        self._wait_for_ready = None if policy is None else policy.wait_for_ready
-        self._retry: RetryPolicy | None = None if policy is None else policy.retry
-        self._hedging: HedgingPolicy | None = None if policy is None else policy.hedging
-        self._spec = CallSpec(
-            self._kind,
-            core.picking,
-            self._retry,
-            self._hedging,
-            core.throttle,
-            core.emit,
-            time.monotonic,
-            None,
-            core.retry_buffer_size,
-        )
+        self._generation = self._core.config_generation
+        self._spec = CallSpec.for_method(self._kind, self._method, self._core)
 
     def plan(
         self, timeout: float | None, metadata: Any, wait_for_ready: bool | None
     ) -> AttemptPlan:
         if self._generation != self._core.config_generation:
             self.load_method_config()
-        if self._timeout is not None and (timeout is None or self._timeout < timeout):
-            timeout = self._timeout  # methodConfig timeout: the smaller one wins
-        return AttemptPlan.for_call(
-            self._spec,
-            PickInfo(self._method, metadata),
-            metadata,
-            None if timeout is None else time.monotonic() + timeout,
-            bool(self._wait_for_ready if wait_for_ready is None else wait_for_ready),
-        )
+        return self._spec.plan(timeout, metadata, wait_for_ready)
 
     def inner(self, sc: Any) -> Any:
         """This method on ``sc``'s grpcio channel, or None if ``sc`` is closing."""
@@ -265,7 +239,7 @@ class _UnaryResponse(_SyncMultiCallable):
         if channel._unusable is not None:
             channel.check_usable()
         plan = self.plan(timeout, metadata, wait_for_ready)
-        if self._hedging is not None or self._kind is Kind.STREAM_UNARY:
+        if plan._hedging is not None or self._kind is Kind.STREAM_UNARY:
             # several attempts at once, or a request stream read by grpcio's thread:
             # the callback driver, waited on here
             future = BalancedFuture(self, request, plan, credentials, compression)
@@ -661,7 +635,7 @@ class BalancedStream(_Driven, _CallFuture):
         self._cancelled = False
         #: With retries or hedges, the reader reports an attempt's end until its first
         #: message (only the reader knows whether one came).
-        self._until_first = mc._retry is not None or mc._hedging is not None
+        self._until_first = mc._spec.retry is not None or mc._spec.hedging is not None
         self._responded: set[Attempt] = set()
         self._held: list[Any] = []  # a first message read by code() / metadata
         self._setup(mc, plan, request, credentials, compression)
