@@ -246,7 +246,7 @@ class _UnaryResponse(_SyncMultiCallable):
             response = future.result()
             return (response, future.answering_call()) if with_call else response
         record = None
-        if _CAPTURE.get() is not None or channel.core.instrument is not None:
+        if _CAPTURE.get() is not None or self._core.instrument is not None:
             record = CallRecord(self)
             self.record(record)
         actions = plan.start()
@@ -285,18 +285,21 @@ class _UnaryResponse(_SyncMultiCallable):
         compression: grpc.Compression | None,
         with_call: bool,
     ) -> tuple[Any, Any, list[Action]]:
-        inner = self.inner(attempt.subchannel)
+        sc: Any = attempt.subchannel  # a SyncSubchannel
+        inner = sc.sync_callables.get(self._key) or self.inner(sc)
         if inner is None:
             return None, None, plan.on_end(attempt, _UNAVAILABLE, _CLOSED)
-        trailers = with_call or attempt.wants_trailers
+        trailers = with_call or bool(sc.trailer_observers)
+        # wait_for_ready None: fail fast, as False, without grpcio making a flags object
+        # per call (an endpoint channel has no service config that the flag would override)
         try:
             if trailers:
                 result = inner.with_call(
-                    request, attempt.timeout, attempt.metadata, credentials, False, compression
+                    request, attempt.timeout, attempt.metadata, credentials, None, compression
                 )
             else:
                 result = inner(
-                    request, attempt.timeout, attempt.metadata, credentials, False, compression
+                    request, attempt.timeout, attempt.metadata, credentials, None, compression
                 )
         except grpc.RpcError as err:
             call = cast(grpc.Call, err)
