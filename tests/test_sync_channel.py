@@ -236,6 +236,31 @@ def test_cancel_an_in_flight_future() -> None:
         wait_until(lambda: sum(sc.in_flight for sc in ch.subchannels) == 0)
 
 
+def test_a_cancelled_stream_reads_as_grpcios_does() -> None:
+    """Future and stream share one grpc.Future implementation: after cancel() both are
+    done and not running at once, and exception() raises FutureCancelledError, as on
+    grpcio's own stream call (compared side by side)."""
+
+    def after_cancel(stub: Any) -> tuple[bool, bool, bool, str]:
+        stream = stub.SayHelloStream(Req(name="s", count=3), timeout=30)
+        assert stream.cancel()
+        try:
+            stream.exception(10)
+            raised = "none"
+        except grpc.FutureCancelledError:
+            raised = "FutureCancelledError"
+        return stream.done(), stream.running(), stream.cancelled(), raised
+
+    with (
+        ServerProcesses(1, args=["--delay-ms", "5000"]) as slow,
+        grpc_balancer.insecure_channel(slow.target()) as ours,
+        grpc.insecure_channel(slow.addresses[0]) as theirs,
+    ):
+        expected = after_cancel(greeter_pb2_grpc.GreeterStub(theirs))
+        assert expected == (True, False, True, "FutureCancelledError")
+        assert after_cancel(greeter_pb2_grpc.GreeterStub(ours)) == expected
+
+
 def test_subscribe_sees_ready_then_shutdown(fleet: ServerProcesses) -> None:
     seen: list[grpc.ChannelConnectivity] = []
     gone: list[grpc.ChannelConnectivity] = []

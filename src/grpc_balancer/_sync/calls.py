@@ -517,36 +517,8 @@ class _Driven:
             finish, None if finish.attempt is None else self._errors.get(finish.attempt)
         )
 
-    @property
-    def method(self) -> str:
-        return self._mc._method
-
-    @property
-    def subchannel(self) -> Any:
-        plan = self._plan
-        attempt = plan.outcome.attempt if plan.outcome is not None else None
-        attempt = attempt or plan.committed or self._last
-        return None if attempt is None else attempt.subchannel
-
-    @property
-    def peer_address(self) -> str | None:
-        sc = self.subchannel
-        return None if sc is None else sc.address
-
-
-class BalancedFuture(_Driven, _CallFuture):
-    """What ``.future()`` returns: a ``grpc.Future`` and ``grpc.Call``, like grpcio's."""
-
-    def __init__(
-        self,
-        mc: _UnaryResponse,
-        request: Any,
-        plan: AttemptPlan,
-        credentials: Any,
-        compression: Any,
-    ) -> None:
-        self._cancelled = False
-        self._setup(mc, plan, request, credentials, compression)
+    # -- grpc.Future and grpc.Call, the same for a future and a stream ------------------------
+    _cancelled = False
 
     def cancel(self) -> bool:
         if self._plan.done:
@@ -563,16 +535,6 @@ class BalancedFuture(_Driven, _CallFuture):
 
     def done(self) -> bool:
         return self._plan.done or self._cancelled
-
-    def result(self, timeout: float | None = None) -> Any:
-        if not self._wait_until(lambda: self._plan.done, timeout):
-            raise grpc.FutureTimeoutError()
-        finish = self._outcome()
-        if finish.code is _OK and finish.attempt is not None:
-            return finish.attempt.call.result()
-        if self._cancelled:
-            raise grpc.FutureCancelledError()
-        raise self._error()
 
     def exception(self, timeout: float | None = None) -> Any:
         if not self._wait_until(lambda: self._plan.done, timeout):
@@ -592,11 +554,10 @@ class BalancedFuture(_Driven, _CallFuture):
                 return
         fn(self)
 
-    # grpc.Call
     def is_active(self) -> bool:
         return not self._plan.done
 
-    def time_remaining(self) -> float | None:  # type: ignore[override]
+    def time_remaining(self) -> float | None:
         deadline = self._plan.deadline
         return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
@@ -606,6 +567,47 @@ class BalancedFuture(_Driven, _CallFuture):
                 return False
             self._no_arg_callbacks.append(callback)
             return True
+
+    @property
+    def method(self) -> str:
+        return self._mc._method
+
+    @property
+    def subchannel(self) -> Any:
+        plan = self._plan
+        attempt = plan.outcome.attempt if plan.outcome is not None else None
+        attempt = attempt or plan.committed or self._last
+        return None if attempt is None else attempt.subchannel
+
+    @property
+    def peer_address(self) -> str | None:
+        sc = self.subchannel
+        return None if sc is None else sc.address
+
+
+# (grpc-stubs type time_remaining() as float; grpcio's gives None without a deadline)
+class BalancedFuture(_Driven, _CallFuture):  # type: ignore[misc]
+    """What ``.future()`` returns: a ``grpc.Future`` and ``grpc.Call``, like grpcio's."""
+
+    def __init__(
+        self,
+        mc: _UnaryResponse,
+        request: Any,
+        plan: AttemptPlan,
+        credentials: Any,
+        compression: Any,
+    ) -> None:
+        self._setup(mc, plan, request, credentials, compression)
+
+    def result(self, timeout: float | None = None) -> Any:
+        if not self._wait_until(lambda: self._plan.done, timeout):
+            raise grpc.FutureTimeoutError()
+        finish = self._outcome()
+        if finish.code is _OK and finish.attempt is not None:
+            return finish.attempt.call.result()
+        if self._cancelled:
+            raise grpc.FutureCancelledError()
+        raise self._error()
 
     def initial_metadata(self) -> Any:
         return self.answering_call().initial_metadata()
@@ -623,7 +625,7 @@ class BalancedFuture(_Driven, _CallFuture):
         return f"<BalancedFuture {self._mc._method} {self._plan.state.name}>"
 
 
-class BalancedStream(_Driven, _CallFuture):
+class BalancedStream(_Driven, _CallFuture):  # type: ignore[misc]
     """A response stream: an iterator, ``grpc.Call`` and ``grpc.Future`` like grpcio's.
     Reading follows the attempt the plan is trying or committed to."""
 
@@ -635,7 +637,6 @@ class BalancedStream(_Driven, _CallFuture):
         credentials: Any,
         compression: Any,
     ) -> None:
-        self._cancelled = False
         #: With retries or hedges, the reader reports an attempt's end until its first
         #: message (only the reader knows whether one came).
         self._until_first = mc._spec.retry is not None or mc._spec.hedging is not None
@@ -715,22 +716,6 @@ class BalancedStream(_Driven, _CallFuture):
                     return
                 self._held.append(first)
 
-    def cancel(self) -> bool:
-        if self._plan.done:
-            return False
-        self._cancelled = True
-        self._feed(self._plan.cancel)
-        return True
-
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    def running(self) -> bool:
-        return not self._plan.done
-
-    def done(self) -> bool:
-        return self._plan.done or self._cancelled
-
     def result(self, timeout: float | None = None) -> Any:
         """As grpcio's stream call: block until the call ends; None, or its error."""
         self._settle()
@@ -741,36 +726,6 @@ class BalancedStream(_Driven, _CallFuture):
         if self._cancelled:
             raise grpc.FutureCancelledError()
         raise self._error()
-
-    def exception(self, timeout: float | None = None) -> Any:
-        if not self._wait_until(lambda: self._plan.done, timeout):
-            raise grpc.FutureTimeoutError()
-        return None if self._outcome().code is _OK else self._error()
-
-    def traceback(self, timeout: float | None = None) -> Any:
-        error = self.exception(timeout)
-        return None if error is None else error.__traceback__
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        with self._cond:
-            if not self._plan.done:
-                self._callbacks.append(fn)
-                return
-        fn(self)
-
-    def is_active(self) -> bool:
-        return not self._plan.done
-
-    def time_remaining(self) -> float | None:  # type: ignore[override]
-        deadline = self._plan.deadline
-        return None if deadline is None else max(deadline - time.monotonic(), 0.0)
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        with self._cond:
-            if self._plan.done:
-                return False
-            self._no_arg_callbacks.append(callback)
-            return True
 
     def initial_metadata(self) -> Any:
         self._wait_until(lambda: self._plan.committed is not None or self._plan.done, None)
