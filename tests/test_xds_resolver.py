@@ -372,3 +372,21 @@ def test_a_bad_xds_target_or_bootstrap_is_one_clear_error(monkeypatch: pytest.Mo
         grpc_balancer.insecure_channel("xds://authority/greeter", resolver_options=opts)
     with pytest.raises(grpc_balancer.BalancerConfigError, match="no endpoint after the scheme"):
         grpc_balancer.insecure_channel("xds:///", resolver_options=opts)
+
+
+async def test_the_cli_calls_an_xds_target_with_the_control_plane_s_policy() -> None:
+    async with (
+        GreeterFleet(2) as fleet,
+        XdsServer(config(static(fleet), "pick_first")) as server,
+    ):
+        env = cli_env(GRPC_XDS_BOOTSTRAP_CONFIG=json.dumps(bootstrap(server.address, "cli")))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "grpc_balancer", "call", "--target", "xds:///greeter",
+            "-n", "6", "--status", env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        text = out.decode()
+        assert "target xds:///greeter  policy pick_first  state READY" in text
+        assert "resolver RESOLVED" in text and "not applied" not in text

@@ -276,7 +276,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 
 # -- call ------------------------------------------------------------------------------------------
 async def cmd_call(args: argparse.Namespace) -> int:
-    policy = cli_policy(args.policy, args.service_config)
+    policy = cli_policy(args.policy, args.service_config, args.target)
     config = cli_service_config(args.service_config)
     print("🚀 Running the gRPC client with load balancing...", flush=True)
     run = Run()
@@ -299,9 +299,12 @@ def cli_service_config(service_config: str | None) -> dict[str, Any]:
     return raw
 
 
-def cli_policy(policy: str | None, service_config: str | None) -> str | None:
+def cli_policy(
+    policy: str | None, service_config: str | None, target: str = ""
+) -> str | None:
     """``--policy``, else the service config's own policy, else round_robin: a service
-    config with only a methodConfig (a timeout, a retry policy) does not change it."""
+    config with only a methodConfig (a timeout, a retry policy) does not change it. An
+    ``xds:`` target takes its policy from the control plane unless ``--policy`` says."""
     if policy is not None:
         if not policy.strip():
             raise UsageError("--policy: must be a policy name such as round_robin, got ''")
@@ -310,6 +313,8 @@ def cli_policy(policy: str | None, service_config: str | None) -> str | None:
         raw = load_service_config(service_config).raw  # bad JSON or field: exit 2
         if "loadBalancingConfig" in raw or "loadBalancingPolicy" in raw:
             return None
+    if target.lower().startswith("xds:"):
+        return None
     return "round_robin"
 
 
