@@ -299,9 +299,7 @@ def cli_service_config(service_config: str | None) -> dict[str, Any]:
     return raw
 
 
-def cli_policy(
-    policy: str | None, service_config: str | None, target: str = ""
-) -> str | None:
+def cli_policy(policy: str | None, service_config: str | None, target: str = "") -> str | None:
     """``--policy``, else the service config's own policy, else round_robin: a service
     config with only a methodConfig (a timeout, a retry policy) does not change it. An
     ``xds:`` target takes its policy from the control plane unless ``--policy`` says."""
