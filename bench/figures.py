@@ -278,6 +278,128 @@ def xds_push() -> str:
     )
 
 
+# -- large fleets ----------------------------------------------------------------------------------
+def _range(values: list[float], fmt: Callable[[float], str]) -> str:
+    lo, hi = min(values), max(values)
+    return fmt(lo) if fmt(lo) == fmt(hi) else f"{fmt(lo)}–{fmt(hi)}"
+
+
+def _versus(
+    ours: list[Any], theirs: list[Any], summary: Any, key: str, unit: str, digits: int = 2
+) -> str:
+    a = median(x[key] for x in ours if x[key] is not None)
+    b = median(x[key] for x in theirs if x[key] is not None)
+    lo, hi = summary[key]["ratio_range"]
+    return (
+        f"{a:.{digits}f} / {b:.{digits}f} {unit} (**{_ratio(summary[key]['ratio_median'])}**, "
+        f"{_ratio(lo)}–{_ratio(hi)})"
+    )
+
+
+def fleet() -> str:
+    r = _json("fleet")
+    rows = [
+        "| N endpoints (round_robin) | first successful call, ours / grpcio | all N connected, "
+        "ours / grpcio | RSS per endpoint, ours / grpcio | longest loop stall (ours) "
+        "| picker rebuilds (ours) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n in r["sizes"]:
+        runs = [x for x in r["connect"] if x["n"] == n]
+        ours = [x for x in runs if x["kind"] == "ours"]
+        theirs = [x for x in runs if x["kind"] == "grpcio"]
+        if not ours or not theirs:
+            continue
+        summary = r["summary"][str(n)]
+
+        stall = _range([x["stall_connect_s"] * 1e3 for x in ours], lambda v: f"{v:.0f}")
+        rebuilds = _range([x["rebuilds"]["count"] for x in ours], lambda v: f"{v:.0f}")
+        cost = _range([x["rebuilds"]["max_ms"] for x in ours], lambda v: f"{v:.1f}")
+        rows.append(
+            f"| {n:,} | {_versus(ours, theirs, summary, 'first_call_s', 's')} "
+            f"| {_versus(ours, theirs, summary, 'all_established_s', 's')} "
+            f"| {_versus(ours, theirs, summary, 'rss_per_endpoint_kib', 'KiB', 1)} | {stall} ms "
+            f"| {rebuilds} (longest {cost} ms) |"
+        )
+    updates = [x["update"] for x in r["connect"] if x.get("update")]
+    n_update = next(x["n"] for x in r["connect"] if x.get("update"))
+    if updates:
+        rm = [u["remove"] for u in updates]
+        add = [u["add"] for u in updates]
+        rows += [
+            "",
+            f"| resolver update on a READY {n_update:,}-endpoint channel | list applied (policy done) "
+            "| picker in use without them / all new ones dialing | longest loop stall | new ones "
+            "READY and picked (handshakes) |",
+            "|---|---|---|---|---|",
+            f"| remove 10 % | {_range([u['applied_ms'] for u in rm], _ms)} ms "
+            f"| {_range([u['in_use_ms'] for u in rm], _ms)} ms | {_range([u['stall_ms'] for u in rm], _ms)} ms | — |",
+            f"| add 10 % | {_range([u['applied_ms'] for u in add], _ms)} ms "
+            f"| {_range([u['dialing_ms'] for u in add], _ms)} ms | {_range([u['stall_ms'] for u in add], _ms)} ms "
+            f"| {_range([u['all_ready_in_picker_ms'] for u in add], _ms)} ms |",
+        ]
+    subsets = r.get("subset") or []
+    if subsets:
+        rows += [
+            "",
+            f"| subset {r['subset_size']} of {subsets[0]['n']:,} (child least_request) | first "
+            "successful call | connections opened | grpc channels created |",
+            "|---|---|---|---|",
+        ]
+        for policy in sorted({x["policy"] for x in subsets}):
+            mine = [x for x in subsets if x["policy"] == policy]
+            rows.append(
+                f"| `{policy}` | {_range([x['first_call_s'] * 1e3 for x in mine], _ms)} ms "
+                f"| {_range([x['connections'] for x in mine], lambda v: f'{v:.0f}')} "
+                f"| {_range([x['grpc_channels'] for x in mine], lambda v: f'{v:.0f}')} |"
+            )
+    pick = _json("policies_pick_cost")["us_per_pick"]
+    rr, lr = pick["round_robin"], pick["least_request"]
+    rows += [
+        "",
+        "Pick cost (µs, `python -m bench.pick_cost`): round_robin "
+        + ", ".join(f"{v:.2f} at {int(k):,}" for k, v in rr.items())
+        + "; least_request "
+        + ", ".join(f"{v:.2f} at {int(k):,}" for k, v in lr.items())
+        + ".",
+        "",
+        f"`{r['command']}`, {r['when']}, {r['rounds']} rounds (A B, B A); ratios are ours ÷ "
+        f"grpcio's per round (median, range). The open-files hard limit here is "
+        f"{r['nofile_hard_limit']:,}, so the largest N that fits one client is "
+        f"{max(r['sizes']):,}.",
+    ]
+    return "\n".join(rows) + "\n"
+
+
+def fleet_balance() -> str:
+    r = _json("fleet_balance")
+    names = {
+        "least_request": "every client to every server (least_request)",
+        "random_subsetting": "`random_subsetting`",
+        "deterministic_aperture": "`deterministic_aperture`",
+    }
+    rows = [
+        f"| {r['clients']} clients, subset {r['subset']} | servers | connections per client "
+        "| connections per server, max / mean | load per server, max / mean "
+        f"(target ≤ {r['target_load_spread']}) |",
+        "|---|---|---|---|---|",
+    ]
+    for key, v in r["summary"].items():
+        policy, servers = key.split("/")
+        rows.append(
+            f"| {names[policy]} | {servers} | {v['connections_per_client']:.1f} "
+            f"| {_range(v['connection_spread'], lambda x: f'{x:.2f}')} "
+            f"| {_range(v['load_spread'], lambda x: f'{x:.2f}')} |"
+        )
+    rows += [
+        "",
+        f"`{r['command']}`, {r['when']}: connections from the real subsetting code, load from "
+        f"the fleet simulator (`bench/sim`, the real policies, 30 simulated seconds at 60 calls/s "
+        f"per server), seeds {', '.join(map(str, r['seeds']))} (range over seeds).",
+    ]
+    return "\n".join(rows) + "\n"
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "instructions": instructions,
     "policies-summary": policies_summary,
@@ -289,6 +411,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "dns": dns,
     "etcd": etcd,
     "xds-push": xds_push,
+    "fleet": fleet,
+    "fleet-balance": fleet_balance,
 }
 
 

@@ -192,6 +192,14 @@ async def client(args: argparse.Namespace) -> None:
         result["grpc_channels"] = sum(
             1 for sc in channel.subchannels if getattr(sc, "has_transport", True)
         )
+        policy = channel._policy
+        stats = getattr(getattr(policy, "child", policy), "rebuilds", None)
+        if stats is not None:
+            result["rebuilds"] = {
+                "count": stats.count,
+                "total_ms": stats.total_s * 1e3,
+                "max_ms": stats.max_s * 1e3,
+            }
     if profile is not None:
         profile.disable()
         profile.dump_stats(args.profile)
@@ -372,6 +380,8 @@ def bench(args: argparse.Namespace) -> None:
         "command": "python -m bench.fleet " + " ".join(sys.argv[1:]),
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "nofile_hard_limit": hard,
+        "rounds": args.rounds,
+        "subset_size": SUBSET,
         "sizes": sizes,
         "connect": [],
         "update": [],
@@ -397,7 +407,9 @@ def bench(args: argparse.Namespace) -> None:
                 for r in range(args.rounds):
                     for policy, extra in (
                         ("random_subsetting", {}),
-                        ("deterministic_aperture", {"clientIndex": r, "clientCount": 100}),
+                        # 500 clients: 10,000 / 500 = 20 servers each (fewer clients
+                        # would each need more, so that every server is covered).
+                        ("deterministic_aperture", {"clientIndex": r, "clientCount": 500}),
                     ):
                         config = {
                             "loadBalancingConfig": [

@@ -4,6 +4,8 @@ XXH64) and deterministic_aperture (Finagle), each over any child policy."""
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from collections import Counter
 from typing import Any, cast
 
@@ -24,7 +26,7 @@ from grpc_balancer.policies.deterministic_aperture import (
 )
 from grpc_balancer.policies.random_subsetting import RandomSubsettingPolicy, rendezvous_subset
 from grpc_balancer.subchannel import Subchannel
-from grpc_balancer.testing import GreeterFleet, manual_resolver
+from grpc_balancer.testing import GreeterFleet, cli_env, manual_resolver
 from tests.helpers import counts, established_to, say_hello_ports
 
 C = grpc.ChannelConnectivity
@@ -242,6 +244,23 @@ def test_child_policy_list_takes_the_first_known_policy() -> None:
     config = {"subsetSize": 2, "childPolicy": [{"grpclb": {}}, {"least_request": {}}]}
     policy = RandomSubsettingPolicy(control, config, rng=random.Random(1))
     assert policy.child_name == "least_request"
+
+
+def test_the_subsetting_names_are_known_before_their_modules_are_imported() -> None:
+    code = (
+        "import sys\n"
+        "from grpc_balancer.policies.base import registered_policies\n"
+        "from grpc_balancer._config.service_config import load_service_config\n"
+        "assert 'grpc_balancer.policies.random_subsetting' not in sys.modules\n"
+        "names = registered_policies()\n"
+        "assert 'random_subsetting' in names and 'deterministic_aperture' in names, names\n"
+        "cfg = {'loadBalancingConfig': [{'random_subsetting': {'subsetSize': 3}}]}\n"
+        "assert load_service_config(cfg).policy == 'random_subsetting'\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=cli_env()
+    )
+    assert done.returncode == 0, done.stderr
 
 
 # -- on real servers ------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
 def simulate(
     scenario: Scenario,
     policy: str,
-    config: dict[str, Any],
+    config: dict[str, Any] | Callable[[int], dict[str, Any]],
     seed: int,
     servers_used: Sequence[int] | None = None,
 ) -> RunResult:
@@ -144,7 +144,7 @@ def simulate(
             loop,
             i,
             policy,
-            config,
+            config(i) if callable(config) else config,  # per client: e.g. its index
             visible,
             random.Random(master.random()),
             timeout_s=scenario.timeout_s,

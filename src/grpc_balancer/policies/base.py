@@ -86,6 +86,8 @@ _BUILTIN = {
         "peak_ewma",
         "prequal",
         "ring_hash",
+        "random_subsetting",
+        "deterministic_aperture",
     )
 }
 
