@@ -37,6 +37,8 @@ LAZY = (
     "prometheus_client",
     "opentelemetry",
     "grpc_balancer.xds",
+    "grpc_balancer.resolvers.xds",
+    "grpc_balancer._xds_client",
     "envoy",
     "udpa",
 )
