@@ -391,3 +391,15 @@ def test_peak_ewma_goes_only_to_grpc_balancer_clients() -> None:
     assert choose_policy(spec, OURS)[0].name == "peak_ewma"
     grpcio = from_node("gRPC C-core linux Python", "C-core 58.0.0 Python 1.85.3")
     assert choose_policy(spec, grpcio) == (spec.alternatives[0], None)
+
+
+def test_unused_endpoint_fields_are_one_note_each_not_one_per_endpoint() -> None:
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name="c")
+    locality = cla.endpoints.add()
+    locality.load_balancing_weight.value = 3
+    for port in (1, 2, 3):
+        lb = locality.lb_endpoints.add()
+        lb.endpoint.address.socket_address.address = "10.0.0.1"
+        lb.endpoint.address.socket_address.port_value = port
+        lb.endpoint.hostname = f"h{port}"
+    assert value(ENDPOINTS, cla).notes == ("eds c: endpoint hostname is not applied",)

@@ -596,6 +596,7 @@ def _endpoints(cla: Any) -> Endpoints:
     seen: set[str] = set()
     unhealthy = 0
     proportional = True
+    unused: set[str] = set()  # one note per field, not per endpoint
     for locality in cla.endpoints:
         weight = locality.load_balancing_weight.value
         if not weight:
@@ -612,7 +613,18 @@ def _endpoints(cla: Any) -> Endpoints:
             if value
         }
         members = 0
+        unused.update(
+            f"locality {fd.name}" for fd, _ in locality.ListFields()
+            if fd.name not in ("locality", "lb_endpoints", "load_balancing_weight", "priority")
+        )  # fmt: skip
         for lb in locality.lb_endpoints:
+            unused.update(
+                f"endpoint {fd.name}" for fd, _ in lb.ListFields()
+                if fd.name not in ("endpoint", "health_status", "load_balancing_weight")
+            )  # fmt: skip
+            unused.update(
+                f"endpoint {fd.name}" for fd, _ in lb.endpoint.ListFields() if fd.name != "address"
+            )
             address = _address(name, lb)
             if address in seen:
                 raise ResourceError(name, f"endpoint {address} appears twice")
@@ -632,6 +644,7 @@ def _endpoints(cla: Any) -> Endpoints:
         raise ResourceError(name, f"priorities {sorted(priorities)} are not dense from 0")
     if not proportional:
         notes.append(f"eds {name}: locality weights are not applied (endpoint weights are)")
+    notes += [f"eds {name}: {field} is not applied" for field in sorted(unused)]
     return Endpoints(name, tuple(out), unhealthy, tuple(notes))
 
 
