@@ -4,7 +4,8 @@ Our control plane (:class:`grpc_balancer.xds.XdsServer`) and the greeter backend
 this process; each client is a child process making SayHello calls back to back (one in
 flight, no pause) through tests/xds_grpcio_client.py — ``grpcio``: grpcio's native
 ``xds:///`` channel; ``balancer``: the same program on ``grpc_balancer.insecure_channel``
-(the sync channel, our xds resolver) — both bootstrapped by ``GRPC_XDS_BOOTSTRAP_CONFIG``
+(the sync channel, our xds resolver); ``balancer-aio``: on
+``grpc_balancer.aio.insecure_channel`` — all bootstrapped by ``GRPC_XDS_BOOTSTRAP_CONFIG``
 to the same server. Backend A is always served; each trial changes the config to add a
 *fresh* backend (one ``update_config``: the control plane resolves the static target and
 pushes EDS to every stream) and measures from just before the change to the reply of the
@@ -12,15 +13,15 @@ first call that backend served (wall clock; the client stamps each reply): EDS p
 the client's new endpoint list → connect → pick. Then the backend is removed again and
 the client is left to drop it.
 
-Interleaved: blocks of 5 trials in the order A B B A A B B A (A grpcio, B balancer), each
-block a new client process warmed with 200 calls, so each client gets 20 changes; a
-round is one A block and one B block, and the per-round ratio is the balancer block's
-median over grpcio's. Targets for the balancer client: p50 ≤ 50 ms, p99 ≤ 150 ms (with
-20 trials, p99 is the slowest).
+Interleaved: blocks of 5 trials in the order A B C C B A, twice (A grpcio, B balancer,
+C balancer-aio), each block a new client process warmed with 200 calls, so each client
+gets 20 changes; a round is three consecutive blocks (one of each), and a per-round
+ratio is one of our blocks' median over grpcio's in that round. Targets for our
+channels: p50 ≤ 50 ms, p99 ≤ 150 ms (with 20 trials, p99 is the slowest).
 
-Run: ``python -m bench.bench_xds_push`` (about a minute; writes bench/results/xds_push.json
+Run: ``python -m bench.bench_xds_push`` (about two minutes; writes bench/results/xds_push.json
 and xds_push.png; ``python -m bench.figures --write`` renders the README / docs/xds.md
-block), ``--quick`` (2 blocks of 2 trials, to a temporary directory unless ``--out``).
+block), ``--quick`` (3 blocks of 2 trials, to a temporary directory unless ``--out``).
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ from tests.xds_clients import CallClient, grpc_bootstrap
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 TARGET_P50_MS, TARGET_P99_MS = 50.0, 150.0
-CLIENTS = ("grpcio", "balancer")
-ORDER = ("grpcio", "balancer", "balancer", "grpcio")
+CLIENTS = ("grpcio", "balancer", "balancer-aio")
+OURS = ("balancer", "balancer-aio")
+ORDER = ("grpcio", "balancer", "balancer-aio", "balancer-aio", "balancer", "grpcio")
 
 
 def _config(*servers: GreeterServer) -> Any:
@@ -115,24 +117,26 @@ async def measure(blocks: int, per_block: int, log_dir: Path) -> dict[str, Any]:
             "max_ms": round(ms[-1], 2),
             "delays_ms": ms,
         }
-    ratios = []
-    a_blocks = [r for r in runs if r["client"] == "grpcio"]
-    b_blocks = [r for r in runs if r["client"] == "balancer"]
-    for ra, rb in zip(a_blocks, b_blocks, strict=False):
-        ratios.append(
-            round(statistics.median(rb["delays_ms"]) / statistics.median(ra["delays_ms"]), 3)
-        )
-    ours = clients["balancer"]
+    ratios: dict[str, list[float]] = {kind: [] for kind in OURS}
+    for start in range(0, len(runs) - len(CLIENTS) + 1, len(CLIENTS)):
+        medians = {r["client"]: statistics.median(r["delays_ms"])
+                   for r in runs[start : start + len(CLIENTS)]}  # fmt: skip
+        for kind in OURS:
+            ratios[kind].append(round(medians[kind] / medians["grpcio"], 3))
+    letters = dict(zip(CLIENTS, "ABC", strict=True))
     return {
-        "order": " ".join("A" if k == "grpcio" else "B" for k in order)
-        + " (A grpcio native, B grpc_balancer)",
+        "order": " ".join(letters[k] for k in order)
+        + " (A grpcio native, B grpc_balancer sync, C grpc_balancer asyncio)",
         "per_block": per_block,
         "clients": clients,
         "round_ratios": ratios,
-        "ratio_median": round(statistics.median(ratios), 3) if ratios else None,
+        "ratio_median": {k: round(statistics.median(v), 3) for k, v in ratios.items() if v},
         "target_p50_ms": TARGET_P50_MS,
         "target_p99_ms": TARGET_P99_MS,
-        "met": ours["p50_ms"] <= TARGET_P50_MS and ours["p99_ms"] <= TARGET_P99_MS,
+        "met": {
+            k: clients[k]["p50_ms"] <= TARGET_P50_MS and clients[k]["p99_ms"] <= TARGET_P99_MS
+            for k in OURS
+        },
         "runs": runs,
     }
 
@@ -144,7 +148,11 @@ def plot(result: dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    labels = {"grpcio": "grpcio native xds:///", "balancer": "grpc_balancer xds:/// (sync)"}
+    labels = {
+        "grpcio": "grpcio native xds:///",
+        "balancer": "grpc_balancer xds:/// (sync channel)",
+        "balancer-aio": "grpc_balancer xds:/// (asyncio channel)",
+    }
     for kind in CLIENTS:
         ms = result["clients"][kind]["delays_ms"]
         ax.plot(ms, [(i + 1) / len(ms) for i in range(len(ms))], marker=".", label=labels[kind])
@@ -168,13 +176,13 @@ def _commit() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
-    parser.add_argument("--blocks", type=int, default=8)
+    parser.add_argument("--blocks", type=int, default=12)
     parser.add_argument("--per-block", type=int, default=5)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.quick:
-        args.blocks, args.per_block = 2, 2
+        args.blocks, args.per_block = 3, 2
     out = args.out or (Path(tempfile.mkdtemp(prefix="bench-xds-push-")) if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()

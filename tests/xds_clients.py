@@ -189,8 +189,8 @@ class CallClient(_Child):
     """A real xDS client making sequential SayHello calls on ``target`` with the bootstrap
     in ``GRPC_XDS_BOOTSTRAP_CONFIG``; one record per call. ``kind``: ``grpc-js``
     (tests/xds_js/client.js), ``grpcio`` (grpcio's native client,
-    tests/xds_grpcio_client.py) or ``balancer`` (the same program on a grpc_balancer
-    channel)."""
+    tests/xds_grpcio_client.py), ``balancer`` / ``balancer-aio`` (the same program on a
+    grpc_balancer sync / asyncio channel)."""
 
     def __init__(
         self,
@@ -212,11 +212,11 @@ class CallClient(_Child):
             env["GRPC_VERBOSITY"] = "DEBUG"
         if kind == "grpc-js":
             argv = [require_node(), str(JS_CLIENT)]
-        elif kind in ("grpcio", "balancer"):
+        elif kind in ("grpcio", "balancer", "balancer-aio"):
             env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
             argv = [sys.executable, "-m", "tests.xds_grpcio_client"]
-            if kind == "balancer":  # grpc_balancer's own xds resolver, same program
-                argv += ["--channel", "balancer"]
+            if kind != "grpcio":  # grpc_balancer's own xds resolver, same program
+                argv += ["--channel", kind]
         else:
             raise ValueError(f"unknown client kind {kind!r}")
         self.kind = kind
