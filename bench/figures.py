@@ -325,7 +325,8 @@ def fleet() -> str:
             f"| {_versus(ours, theirs, summary, 'rss_per_endpoint_kib', 'KiB', 1)} | {stall} ms "
             f"| {rebuilds} (longest {cost} ms) |"
         )
-    updates = [x["update"] for x in r["connect"] if x.get("update")]
+    updates = [x["update"]["plain"] for x in r["connect"] if x.get("update")]
+    frozen = [x["update"]["gc_frozen"] for x in r["connect"] if x.get("update")]
     n_update = next(x["n"] for x in r["connect"] if x.get("update"))
     if updates:
         rm = [u["remove"] for u in updates]
@@ -339,6 +340,14 @@ def fleet() -> str:
             f"| remove 10 % | {_range([u['applied_ms'] for u in rm], _ms)} ms "
             f"| {_range([u['in_use_ms'] for u in rm], _ms)} ms | {_range([u['stall_ms'] for u in rm], _ms)} ms | — |",
             f"| add 10 % | {_range([u['applied_ms'] for u in add], _ms)} ms "
+            f"| {_range([u['dialing_ms'] for u in add], _ms)} ms | {_range([u['stall_ms'] for u in add], _ms)} ms "
+            f"| {_range([u['all_ready_in_picker_ms'] for u in add], _ms)} ms |",
+        ]
+        rm, add = [u["remove"] for u in frozen], [u["add"] for u in frozen]
+        rows += [
+            f"| remove 10 %, after `gc.freeze()` | {_range([u['applied_ms'] for u in rm], _ms)} ms "
+            f"| {_range([u['in_use_ms'] for u in rm], _ms)} ms | {_range([u['stall_ms'] for u in rm], _ms)} ms | — |",
+            f"| add 10 %, after `gc.freeze()` | {_range([u['applied_ms'] for u in add], _ms)} ms "
             f"| {_range([u['dialing_ms'] for u in add], _ms)} ms | {_range([u['stall_ms'] for u in add], _ms)} ms "
             f"| {_range([u['all_ready_in_picker_ms'] for u in add], _ms)} ms |",
         ]

@@ -17,7 +17,7 @@ from grpc_balancer.policies.peak_ewma import PeakEwmaPicker
 from grpc_balancer.policies.ring_hash import RingHashPicker, build_ring
 from grpc_balancer.policies.round_robin import RoundRobinPicker
 
-SIZES = (3, 100, 10_000)
+SIZES = (3, 100, 10_000, 20_000)
 PICKS = 50_000
 
 
@@ -66,11 +66,11 @@ def _plot(results: Path, table: dict[str, dict[str, float]]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    width = 0.25
+    width = 0.2
     names = list(table)
     for j, n in enumerate(SIZES):
         ax.bar(
-            [i + (j - 1) * width for i in range(len(names))],
+            [i + (j - 1.5) * width for i in range(len(names))],
             [table[name][str(n)] for name in names],
             width,
             label=f"{n} endpoints",

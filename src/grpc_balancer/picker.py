@@ -11,6 +11,7 @@ swaps it in atomically. ``pick`` takes no lock, does no I/O and never blocks:
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -20,6 +21,12 @@ if TYPE_CHECKING:
     from grpc_balancer.subchannel import Subchannel
 
 Metadata = Sequence[tuple[str, str | bytes]]
+
+#: The hash key of the calls started in this context (``grpc_balancer.hash_key``), as a
+#: 64-bit ring position; read by ring_hash's picker when ``PickInfo.hash_key`` is None.
+HASH_KEY: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "grpc_balancer_hash_key", default=None
+)
 
 
 class PickInfo:

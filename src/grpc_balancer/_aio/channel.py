@@ -122,6 +122,8 @@ class BalancedChannel(grpc.aio.Channel):
         self._subchannels: set[Subchannel] = set()
         #: Starts connections a slice per loop turn (see :mod:`grpc_balancer._core.dialing`).
         self._dialer = Dialer()
+        #: One bound method for every subchannel (not one closure each).
+        self._open_endpoint_channel = self._open_for
         #: Removed by the policy but still serving calls (closed when those end).
         self._draining: set[Subchannel] = set()
         self._state: Connectivity = Connectivity.IDLE
@@ -512,25 +514,25 @@ class BalancedChannel(grpc.aio.Channel):
         """The subchannel for a new endpoint, on its own grpc.aio channel, made when it
         is first dialed (the sync channel makes its own kind, on a sync grpc.Channel
         with the same options)."""
-        address = grpc_target_for(endpoint.address)
+        return AioSubchannel(endpoint, self._open_endpoint_channel, self, self._dialer)
 
-        def open_channel() -> grpc.aio.Channel:
-            if self._credentials is None:
-                return grpc.aio.insecure_channel(
-                    address,
-                    options=self.endpoint_options,
-                    compression=self._compression,
-                    interceptors=self._interceptors or None,
-                )
-            return grpc.aio.secure_channel(
-                address,
-                self._credentials,
+    def _open_for(self, address: str) -> grpc.aio.Channel:
+        """The grpc.aio channel of one endpoint (IP literals as ``ipv4:``/``ipv6:``)."""
+        target = grpc_target_for(address)
+        if self._credentials is None:
+            return grpc.aio.insecure_channel(
+                target,
                 options=self.endpoint_options,
                 compression=self._compression,
                 interceptors=self._interceptors or None,
             )
-
-        return AioSubchannel(endpoint, open_channel, self, self._dialer)
+        return grpc.aio.secure_channel(
+            target,
+            self._credentials,
+            options=self.endpoint_options,
+            compression=self._compression,
+            interceptors=self._interceptors or None,
+        )
 
     @property
     def endpoint_options(self) -> list[tuple[str, Any]]:

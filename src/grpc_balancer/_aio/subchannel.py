@@ -34,12 +34,13 @@ _WATCH_EXIT_S = 0.2
 
 class AioSubchannel(Subchannel):
     """A :class:`Subchannel` on a ``grpc.aio.Channel`` (the calls use it too), made by
-    ``open_channel`` when first needed."""
+    ``open_channel(address)`` when first needed (one callable shared by a channel's
+    subchannels: no closure per endpoint)."""
 
     def __init__(
         self,
         endpoint: Endpoint,
-        open_channel: Callable[[], grpc.aio.Channel],
+        open_channel: Callable[[str], grpc.aio.Channel],
         listener: SubchannelListener,
         dialer: Dialer | None = None,
     ) -> None:
@@ -56,7 +57,7 @@ class AioSubchannel(Subchannel):
     def channel(self) -> grpc.aio.Channel:
         """The endpoint's grpc.aio channel, created on first use."""
         if self._transport is None:
-            self._transport = self._open_channel()
+            self._transport = self._open_channel(self.address)
         return self._transport
 
     @channel.setter
@@ -79,8 +80,9 @@ class AioSubchannel(Subchannel):
         if self._closing:
             return
         state = self.channel.get_state(try_to_connect=True)  # starts the connection now
+        context = None if self._dialer is None else self._dialer.context
         self._watch_task = asyncio.get_running_loop().create_task(
-            self._watch(state), name=f"grpc_balancer.subchannel[{self.address}]"
+            self._watch(state), name=f"grpc_balancer.subchannel[{self.address}]", context=context
         )
 
     async def _watch(self, state: grpc.ChannelConnectivity) -> None:

@@ -47,7 +47,7 @@ from grpc_balancer._attempts.retry import (
     retry_delay_s,
 )
 from grpc_balancer._observe.events import Event
-from grpc_balancer.picker import PickError, PickInfo
+from grpc_balancer.picker import HASH_KEY, PickError, PickInfo
 
 if TYPE_CHECKING:
     from grpc_balancer._core.picking import PickerGeneration, Picking
@@ -388,8 +388,19 @@ class AttemptPlan:
             return self._fail(err.code, err.message)
         if sc is None:
             self._created = None  # the send comes later: its clock is read then
+            self._pin_hash_key()
             return self._wait_for_picker(self.deadline)
         return self._send(sc)
+
+    def _pin_hash_key(self) -> None:
+        """A call that waits is picked again from a callback, outside its caller's
+        context: the hash key set around it (``grpc_balancer.hash_key``) goes into its
+        PickInfo, so it still lands on its key's owner (ring_hash's lazy owners make
+        first picks wait). Only on this slow path: the fast path reads nothing."""
+        key = HASH_KEY.get()
+        if key is not None and self.info.hash_key is None:
+            info = self.info
+            self.info = PickInfo(info.method, info.metadata, key, info.exclude)
 
     def on_picker(self) -> list[Action]:
         """The picker the plan was waiting on was replaced."""

@@ -7,6 +7,7 @@ endpoints are connected, and the first call sent, while the rest are still queue
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +24,9 @@ class Dialer:
         self._slice_s = slice_s
         self._queue: deque[Callable[[], None]] = deque()
         self._handle: asyncio.Handle | None = None
+        #: The context the connectivity watchers run in: one for all of them, not a
+        #: copy each (they set no context variables; one channel, one loop thread).
+        self.context = contextvars.Context()
 
     @property
     def queued(self) -> int:

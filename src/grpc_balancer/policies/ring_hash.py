@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import contextvars
 import math
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,7 +27,7 @@ from typing import Any
 import xxhash
 
 from grpc_balancer.errors import ServiceConfigError
-from grpc_balancer.picker import Metadata, PickInfo
+from grpc_balancer.picker import HASH_KEY, Metadata, PickInfo
 from grpc_balancer.policies import _config
 from grpc_balancer.policies.base import BasePolicy, ChannelControl, register_builtin_policy
 from grpc_balancer.subchannel import Subchannel
@@ -38,9 +37,7 @@ MAX_RING_SIZE = 8_388_608  # A42's upper bound for both fields
 DEFAULT_MIN_RING_SIZE = 1024
 DEFAULT_MAX_RING_SIZE = 4096
 
-_KEY: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "grpc_balancer_hash_key", default=None
-)
+_KEY = HASH_KEY
 _hash = xxhash.xxh64_intdigest
 
 
