@@ -325,44 +325,41 @@ def fleet() -> str:
             f"| {_versus(ours, theirs, summary, 'rss_per_endpoint_kib', 'KiB', 1)} | {stall} ms "
             f"| {rebuilds} (longest {cost} ms) |"
         )
-    updates = [x["update"]["plain"] for x in r["connect"] if x.get("update")]
-    frozen = [x["update"]["gc_frozen"] for x in r["connect"] if x.get("update")]
-    n_update = next(x["n"] for x in r["connect"] if x.get("update"))
-    if updates:
-        rm = [u["remove"] for u in updates]
-        add = [u["add"] for u in updates]
+    with_update = [x for x in r["connect"] if x.get("update")]
+    if with_update:
         rows += [
             "",
-            f"| resolver update on a READY {n_update:,}-endpoint channel | list applied (policy done) "
-            "| picker in use without them / all new ones dialing | longest loop stall | new ones "
-            "READY and picked (handshakes) |",
+            "| resolver update on a READY channel | list applied (policy done) | picker in use "
+            "without them / all new ones dialing | longest loop stall | new ones READY and "
+            "picked (handshakes) |",
             "|---|---|---|---|---|",
-            f"| remove 10 % | {_range([u['applied_ms'] for u in rm], _ms)} ms "
-            f"| {_range([u['in_use_ms'] for u in rm], _ms)} ms | {_range([u['stall_ms'] for u in rm], _ms)} ms | — |",
-            f"| add 10 % | {_range([u['applied_ms'] for u in add], _ms)} ms "
-            f"| {_range([u['dialing_ms'] for u in add], _ms)} ms | {_range([u['stall_ms'] for u in add], _ms)} ms "
-            f"| {_range([u['all_ready_in_picker_ms'] for u in add], _ms)} ms |",
         ]
-        rm, add = [u["remove"] for u in frozen], [u["add"] for u in frozen]
-        rows += [
-            f"| remove 10 %, after `gc.freeze()` | {_range([u['applied_ms'] for u in rm], _ms)} ms "
-            f"| {_range([u['in_use_ms'] for u in rm], _ms)} ms | {_range([u['stall_ms'] for u in rm], _ms)} ms | — |",
-            f"| add 10 %, after `gc.freeze()` | {_range([u['applied_ms'] for u in add], _ms)} ms "
-            f"| {_range([u['dialing_ms'] for u in add], _ms)} ms | {_range([u['stall_ms'] for u in add], _ms)} ms "
-            f"| {_range([u['all_ready_in_picker_ms'] for u in add], _ms)} ms |",
-        ]
+    for n in sorted({x["n"] for x in with_update}):
+        for variant, label in (("plain", ""), ("gc_frozen", ", after `gc.freeze()`")):
+            runs = [x["update"][variant] for x in with_update if x["n"] == n]
+            rm, add = [u["remove"] for u in runs], [u["add"] for u in runs]
+            rows += [
+                f"| {n:,}: remove 10 %{label} | {_range([u['applied_ms'] for u in rm], _ms)} ms "
+                f"| {_range([u['in_use_ms'] for u in rm], _ms)} ms "
+                f"| {_range([u['stall_ms'] for u in rm], _ms)} ms | — |",
+                f"| {n:,}: add 10 %{label} | {_range([u['applied_ms'] for u in add], _ms)} ms "
+                f"| {_range([u['dialing_ms'] for u in add], _ms)} ms "
+                f"| {_range([u['stall_ms'] for u in add], _ms)} ms "
+                f"| {_range([u['all_ready_in_picker_ms'] for u in add], _ms)} ms |",
+            ]
     subsets = r.get("subset") or []
     if subsets:
         rows += [
             "",
-            f"| subset {r['subset_size']} of {subsets[0]['n']:,} (child least_request) | first "
-            "successful call | connections opened | grpc channels created |",
+            f"| subset {r['subset_size']} of N (child least_request) | first successful call "
+            "| connections opened | grpc channels created |",
             "|---|---|---|---|",
         ]
+    for n in sorted({x["n"] for x in subsets}):
         for policy in sorted({x["policy"] for x in subsets}):
-            mine = [x for x in subsets if x["policy"] == policy]
+            mine = [x for x in subsets if x["policy"] == policy and x["n"] == n]
             rows.append(
-                f"| `{policy}` | {_range([x['first_call_s'] * 1e3 for x in mine], _ms)} ms "
+                f"| `{policy}`, N = {n:,} | {_range([x['first_call_s'] * 1e3 for x in mine], _ms)} ms "
                 f"| {_range([x['connections'] for x in mine], lambda v: f'{v:.0f}')} "
                 f"| {_range([x['grpc_channels'] for x in mine], lambda v: f'{v:.0f}')} |"
             )
@@ -376,7 +373,7 @@ def fleet() -> str:
         + ", ".join(f"{v:.2f} at {int(k):,}" for k, v in lr.items())
         + ".",
         "",
-        f"`{r['command']}`, {r['when']}, {r['rounds']} rounds (A B, B A); ratios are ours ÷ "
+        f"`{r['command']}`, {r['when']}, {r['rounds']} rounds (A B, B A, ...); ratios are ours ÷ "
         f"grpcio's per round (median, range). The open-files hard limit here is "
         f"{r['nofile_hard_limit']:,}, so the largest N that fits one client is "
         f"{max(r['sizes']):,}.",
