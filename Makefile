@@ -87,14 +87,16 @@ pytest: init system-deps js-deps
 ## test: lint + mypy + pytest (installs what the tests need)
 test: lint typecheck pytest
 
-## bench: the policy benchmark suite, about 8 minutes (JSON + PNG in bench/results)
+## bench: the policy benchmark suite and the fleet simulator, about 10 minutes (JSON + PNG in bench/results)
 bench: init
 	$(PY) -m bench.run_all
+	$(PY) -m bench.sim
 	$(PY) -m bench.figures --write
 
 ## bench-all: the suite plus every other benchmark under bench/ (about 25 minutes)
 bench-all: bench system-deps js-deps
 	$(PY) -m bench.bench_round_robin
+	$(PY) -m bench.bench_prequal
 	$(PY) -m bench.bench_failover
 	$(PY) -m bench.bench_metrics
 	$(PY) -m bench.bench_sync

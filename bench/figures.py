@@ -408,6 +408,136 @@ def fleet_balance() -> str:
         f"per server), seeds {', '.join(map(str, r['seeds']))} (range over seeds).",
     ]
     return "\n".join(rows) + "\n"
+# -- fleet simulator and prequal (issue 16) ----------------------------------------------------
+def _yes(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def sim_ramp() -> str:
+    r = _json("sim_ramp")
+    steps, res = r["steps"], r["results"]
+    head = "| p99.9 ms (errors) | " + " | ".join(steps) + " |\n|---|" + "---|" * len(steps) + "\n"
+    rows = []
+    for label, row in res.items():
+        cells = []
+        for step in steps:
+            cell = _ms(row[step]["p999_ms"])
+            if row[step]["error_rate"]:
+                cell += f" ({_pct(row[step]['error_rate'])})"
+            cells.append(f"**{cell}**" if label == "prequal" else cell)
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    t, v = r["targets"], r["variant_targets"]
+    return (
+        head
+        + "\n".join(rows)
+        + f"\n\n1.0× = {r['capacity_per_s']:.0f} calls/s (50 % of the servers' peak at nominal "
+        f"speed); {r['step_s']:g} s per step; prequal, weighted_round_robin and peak_ewma over seeds "
+        f"{', '.join(map(str, r['seeds']))} pooled. Targets: prequal p99.9 ≤ "
+        f"0.5× weighted_round_robin's from 1.0×: {_yes(t['prequal_p999_le_half_wrr_from_1x'])}; "
+        f"≤ peak_ewma's at every step: {_yes(t['prequal_p999_le_peak_ewma_every_step'])}; no "
+        f"errors up to 1.3× (where weighted_round_robin already fails): "
+        f"{_yes(t['prequal_no_errors_to_1_3x'] and t['wrr_fails_by_1_3x'])}. With "
+        f"`probesPerCall: 2`: {_yes(v['prequal2_p999_le_half_wrr_from_1x'])}, "
+        f"{_yes(v['prequal2_p999_le_peak_ewma_every_step'])}, "
+        f"{_yes(v['prequal2_no_errors_to_1_3x'])}.\n"
+    )
+
+
+def sim_scenarios() -> str:
+    st, os_, ns = _json("sim_stuck"), _json("sim_one_slow_stalls"), _json("sim_one_slow")
+    cap, fl, suite = _json("sim_capacity"), _json("sim_fleet"), _json("sim_suite")
+    lines = [
+        "| scenario | round_robin | least_request | peak_ewma | prequal | weighted_round_robin |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def row(name: str, values: dict[str, str]) -> str:
+        order = ["round_robin", "least_request", "peak_ewma", "prequal", "weighted_round_robin"]
+        return f"| {name} | " + " | ".join(values.get(k, "–") for k in order) + " |"
+
+    lines.append(
+        row(
+            f"{st['title']}: success",
+            {k: _pct(v["success"], 2) for k, v in st["results"].items()},
+        )
+    )
+    for data, name in ((ns, "one of five 10× slow"), (os_, "the same, client loop stalling")):
+        lines.append(
+            row(
+                f"{name}: worst p99 ÷ oracle over {data['rounds']} rounds",
+                {k: _ratio(v) for k, v in data["worst_p99_over_oracle"].items() if k != "oracle"},
+            )
+        )
+    for data, step in ((cap, "weighted"), (fl, "all")):
+        lines.append(
+            row(
+                f"{data['title']}: p99 / p99.9 ms (errors)",
+                {
+                    k: f"{_ms(v[step]['p99_ms'])} / {_ms(v[step]['p999_ms'])}"
+                    + (f" ({_pct(v[step]['error_rate'], 2)})" if v[step]["error_rate"] else "")
+                    for k, v in data["results"].items()
+                },
+            )
+        )
+    met = suite["targets"]
+    lines.append("")
+    lines.append(
+        f"Targets: stuck backend, success ≥ 99.9 % for peak_ewma and prequal: "
+        f"{_yes(met['stuck.peak_ewma_success_ge_99_9'] and met['stuck.prequal_success_ge_99_9'])}; "
+        "one slow of five with the client stalling, p99 ≤ 1.5× oracle and ≤ round_robin in every "
+        f"round: peak_ewma {_yes(met['one_slow_stalls.peak_ewma_p99_le_1_5_oracle_and_rr_every_round'])}, "
+        f"prequal {_yes(met['one_slow_stalls.prequal_p99_le_1_5_oracle_and_rr_every_round'])}. "
+        f"The whole suite: `{suite['command']}`, {suite['cpu_s']:.0f} s of CPU "
+        f"({suite['elapsed_s']:.0f} s wall, load average {suite['loadavg'][0]:.1f} on "
+        f"{suite['cpus']} cores)."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def prequal_loopback() -> str:
+    mixed, stalls, cost = _json("prequal_mixed"), _json("prequal_stalls"), _json("prequal_cost")
+    lines = [
+        f"| {mixed['title']} ({mixed['rounds']} rounds, interleaved) | simulator p50 / p99 ms "
+        "| loopback p50 / p99 ms (p99 range) |",
+        "|---|---|---|",
+    ]
+    for label, loop in mixed["loopback"].items():
+        sim = mixed["simulator"][label]
+        lo, hi = loop["p99_ms_range"]
+        lines.append(
+            f"| {label} | {_ms(sim['p50_ms'])} / {_ms(sim['p99_ms'])} | {_ms(loop['p50_ms'])} / "
+            f"**{_ms(loop['p99_ms'])}** ({_ms(lo)}–{_ms(hi)}) |"
+        )
+    lines += [
+        "",
+        f"p99 order, simulator: {', '.join(mixed['p99_rank_simulator'])}; loopback: "
+        f"{', '.join(mixed['p99_rank_loopback'])}.",
+        "",
+        f"| {stalls['title']}, {stalls['rounds']} rounds | median p99 ms | worst p99 ÷ oracle "
+        "| slow backend calls/s (range) |",
+        "|---|---|---|---|",
+    ]
+    for label, med in stalls["median_p99_ms"].items():
+        rates = stalls["slow_calls_per_s_per_round"][label]
+        lines.append(
+            f"| {label} | {_ms(med)} | {_ratio(stalls['worst_p99_over_oracle'][label])} "
+            f"| {min(rates):g}–{max(rates):g} |"
+        )
+    t = stalls["targets"]
+    u, rng = cost["us_per_call"], cost["us_per_call_range"]
+    lines += [
+        "",
+        "Target, p99 ≤ 1.5× oracle and ≤ round_robin in every round: peak_ewma "
+        f"{_yes(t['peak_ewma_every_round'])}, prequal {_yes(t['prequal_every_round'])}.",
+        "",
+        f"Server CPU per call ({cost['rounds']} interleaved rounds of {cost['calls_per_round']:,} "
+        f"calls): greeter {u['plain']:g} µs ({rng['plain'][0]:g}–{rng['plain'][1]:g}), with the "
+        f"probe interceptor {u['interceptor']:g} µs ({rng['interceptor'][0]:g}–"
+        f"{rng['interceptor'][1]:g}; ratio {_ratio(cost['interceptor_over_plain_median'])}, range "
+        f"{_ratio(cost['interceptor_over_plain_range'][0])}–"
+        f"{_ratio(cost['interceptor_over_plain_range'][1])}); one probe answered {u['probe']:g} µs.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 BLOCKS: dict[str, Callable[[], str]] = {
@@ -423,6 +553,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "xds-push": xds_push,
     "fleet": fleet,
     "fleet-balance": fleet_balance,
+    "sim-ramp": sim_ramp,
+    "sim-scenarios": sim_scenarios,
+    "prequal-loopback": prequal_loopback,
 }
 
 

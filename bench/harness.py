@@ -45,6 +45,7 @@ class Backends:
         if not line:
             raise RuntimeError("bench backends did not start")
         self.addresses = [f"127.0.0.1:{p}" for p in json.loads(line)["ports"]]
+        self.pid = self._proc.pid
 
     def set(self, i: int, **faults: Any) -> None:
         assert self._proc.stdin is not None

@@ -55,10 +55,20 @@ def test_latency_is_the_median_of_calls_that_arrived_at_that_rif() -> None:
     assert probes.requests_in_flight == 1
     assert probes.latency_at(1) == pytest.approx(0.020)
     assert probes.latency_at(2) == pytest.approx(0.5)
-    assert probes.latency_at(9) == pytest.approx(0.5)  # no sample at 9: the nearest bin
+    # no sample at 8: the nearest bin (2), scaled by the RIF (a queue is not idle-fast)
+    assert probes.latency_at(8) == pytest.approx(0.5 * 8 / 2)
     # a probe now: one call in flight, so a new call would arrive at RIF 2
     assert probes.answer() == ProbeResponse(requests_in_flight=1, latency_seconds=0.5)
     probes.call_finished(first, s1)
+
+
+def test_a_higher_bin_stands_in_as_it_is() -> None:
+    clock = Clock()
+    probes = LoadProbes(clock=clock)
+    calls = [probes.call_started() for _ in range(5)]
+    clock.now += 0.1
+    probes.call_finished(*calls[-1])  # arrived at RIF 5
+    assert probes.latency_at(3) == pytest.approx(0.1)
 
 
 def test_old_samples_are_forgotten() -> None:

@@ -34,7 +34,7 @@ class StallMeter:
         loop: asyncio.AbstractEventLoop,
         clock: Callable[[], float] = time.monotonic,
         *,
-        tick_s: float = 0.005,
+        tick_s: float = 0.01,
         slack_s: float = 0.005,
         idle_s: float = 1.0,
     ) -> None:

@@ -49,6 +49,15 @@ def rif_bin(rif: int) -> int:
     return min(_EXACT_BINS + (bits - 5) * 2 + ((rif >> (bits - 2)) & 1), _MAX_BINS - 1)
 
 
+def _bin_floor(index: int) -> int:
+    """The lowest RIF that falls in bin ``index``."""
+    if index < _EXACT_BINS:
+        return index
+    half, upper = divmod(index - _EXACT_BINS, 2)
+    base = 1 << (half + 4)
+    return base + upper * (base >> 1)
+
+
 class _Bin:
     """The last ``size`` latencies of calls that arrived at one RIF bin, with when
     each finished."""
@@ -119,17 +128,24 @@ class LoadProbes:
 
     # -- answers -------------------------------------------------------------------------------
     def latency_at(self, rif: int) -> float:
-        """The median recent latency of calls that arrived at about ``rif``; with no
-        fresh sample in that bin, the nearest bin's (lower first); 0.0 if none at all."""
+        """The median recent latency of calls that arrived at about ``rif``. With no
+        fresh sample in that bin, the nearest bin's: a lower bin's scaled up by the RIF
+        ratio (Little's law: a busier server answers proportionally later, and a queue
+        must not look as fast as an idle server), a higher bin's as it is. 0.0 if
+        nothing is known."""
         since = self._clock() - self.window_s
         home = rif_bin(rif)
         bins = self._bins
         for distance in range(_MAX_BINS):
-            for i in (home - distance, home + distance) if distance else (home,):
-                if 0 <= i < _MAX_BINS:
-                    value = bins[i].median(since)
-                    if value is not None:
-                        return value
+            lower, higher = home - distance, home + distance
+            if lower >= 0:
+                value = bins[lower].median(since)
+                if value is not None:
+                    return value * max(rif, 1) / max(_bin_floor(lower), 1) if distance else value
+            if distance and higher < _MAX_BINS:
+                value = bins[higher].median(since)
+                if value is not None:
+                    return value
         return 0.0
 
     def answer(self) -> ProbeResponse:
