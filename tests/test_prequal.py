@@ -48,22 +48,24 @@ def pool_with(entries: list[tuple[int, float, float]], **kw: Any) -> tuple[Probe
 
 # -- the pool and the rule ----------------------------------------------------------------
 def test_the_coldest_is_not_the_pick_the_fastest_cold_one_is() -> None:
-    # RIFs 1..7 and one at 50: the 0.84 quantile of the eight is 7, so only 50 is hot
+    # RIFs 1..7 and one at 50, latency falling with the index: the 0.84 quantile of the
+    # eight (interpolated) is 6.88, so 7 and 50 are hot
     entries = [(i, float(i + 1), 0.050 - i * 0.001) for i in range(7)] + [(7, 50.0, 0.001)]
     pool, subs = pool_with(entries)
     chosen = pool.select(1.0)
     assert chosen is not None
-    assert chosen.subchannel is subs[6]  # lowest latency among the cold (RIF 7, 44 ms)
-    subs[6].in_flight += 44  # our calls since the probe count in: now the hottest (51)
-    assert chosen.load() == 51
-    assert pool.select(1.0).subchannel is subs[7]  # type: ignore[union-attr]  # 50 is cold now
-    subs[6].in_flight -= 44  # those calls ended: the answer is as good as before
+    assert chosen.subchannel is subs[5]  # lowest latency among the cold (RIF 6, 45 ms)
+    subs[5].in_flight += 44  # our calls since the probe count in: now 50, hot
+    assert chosen.load() == 50
+    # the quantile moved up with it (44.8): RIF 7 is cold now and the fastest cold one
     assert pool.select(1.0).subchannel is subs[6]  # type: ignore[union-attr]
+    subs[5].in_flight -= 44  # those calls ended: the answer is as good as before
+    assert pool.select(1.0).subchannel is subs[5]  # type: ignore[union-attr]
 
 
 def test_hot_is_relative_to_the_pool_so_a_burst_does_not_spill_onto_an_idle_slow_one() -> None:
-    # four fast backends (2 ms) with two entries each, one slow (50 ms) with one entry
-    entries = [(i % 4, 0.0, 0.002) for i in range(8)] + [(4, 0.0, 0.050)]
+    # four fast backends (2 ms) and a slow one (50 ms), nothing in flight anywhere
+    entries = [(i, 0.0, 0.002) for i in range(4)] + [(4, 0.0, 0.050)]
     pool, subs = pool_with(entries)
     picked = []
     for _ in range(12):  # a burst: nothing ends in between
@@ -71,15 +73,29 @@ def test_hot_is_relative_to_the_pool_so_a_burst_does_not_spill_onto_an_idle_slow
         assert e is not None
         e.subchannel.in_flight += 1
         picked.append(e.subchannel)
-    assert subs[4] not in picked  # the fast ones stay cold together
+    assert subs[4] not in picked  # the fast ones stay cold together, evenly loaded
     assert sorted(sc.in_flight for sc in subs[:4]) == [3, 3, 3, 3]
 
 
 def test_entries_above_the_quantile_lose_to_any_at_or_below_it() -> None:
     pool, subs = pool_with([(i, float(i), 0.010 - i * 0.0005) for i in range(10)])
     pool.rif_quantile = 0.5
-    assert pool.threshold(sorted(float(i) for i in range(10))) == 4
+    assert pool.threshold(sorted(float(i) for i in range(10))) == 4.5
     assert pool.select(1.0).subchannel is subs[4]  # type: ignore[union-attr]  # fastest cold
+
+
+def test_of_a_handful_of_backends_the_most_loaded_is_hot() -> None:
+    pool, subs = pool_with([(0, 3.0, 0.001), (1, 1.0, 0.005), (2, 1.0, 0.009)])
+    assert pool.select(1.0).subchannel is subs[1]  # type: ignore[union-attr]
+
+
+def test_a_newer_answer_replaces_the_older_one_of_the_same_backend() -> None:
+    subs = fake_subchannels(2)
+    pool = ProbePool(size=16, max_age_s=10.0, max_uses=10, rif_quantile=0.84)
+    pool.add(subs[0], 1.0, 0.010, 1.0)
+    pool.add(subs[1], 1.0, 0.020, 2.0)
+    pool.add(subs[0], 9.0, 0.090, 3.0)
+    assert [(e.subchannel, e.rif) for e in pool.entries] == [(subs[1], 1.0), (subs[0], 9.0)]
 
 
 def test_an_entry_is_used_at_most_max_reuse_times() -> None:

@@ -9,11 +9,12 @@ import grpc
 import grpc.aio
 import pytest
 
+from grpc_balancer import aio
 from grpc_balancer._probe import METHOD, ProbeRequest, ProbeResponse
 from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
 from grpc_balancer.demo.servicer import Faults
 from grpc_balancer.server.probes import LoadProbes, rif_bin
-from grpc_balancer.testing import GreeterFleet
+from grpc_balancer.testing import GreeterFleet, ServerProcess
 
 
 class Clock:
@@ -133,3 +134,30 @@ async def test_servers_without_probes_answer_unimplemented() -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await probe(ProbeRequest(), timeout=5)
     assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_serve_probes_flag_answers_probes_and_prequal_uses_them() -> None:
+    servers = [ServerProcess(args=["--probes"]) for _ in range(2)]
+    try:
+        for server in servers:
+            await asyncio.to_thread(server.start)
+        target = "static:///" + ",".join(s.address for s in servers)
+        async with aio.insecure_channel(target, policy="prequal") as channel:
+            assert await channel.wait_for_settled(10)
+            stub = greeter_pb2_grpc.GreeterStub(channel)
+            for _ in range(20):
+                await stub.SayHello(greeter_pb2.HelloRequest(name="p"), timeout=5)
+            policy = channel._policy
+            assert not policy.unprobed  # both answered their probes
+            async with grpc.aio.insecure_channel(servers[0].address) as direct:
+                probe = direct.unary_unary(
+                    METHOD,
+                    request_serializer=ProbeRequest.SerializeToString,
+                    response_deserializer=ProbeResponse.FromString,
+                )
+                answer = await probe(ProbeRequest(), timeout=5)
+    finally:
+        for server in servers:
+            server.kill()
+    assert answer.requests_in_flight == 0
+    assert answer.latency_seconds > 0  # it has seen calls

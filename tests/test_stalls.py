@@ -83,7 +83,8 @@ def test_samples_do_not_count_the_clients_stall(loop: VirtualLoop) -> None:
     loop.call_soon(block, loop, 0.1)  # the reply (5 ms) waits out a 100 ms stall
     run(loop, 0.001)
     est.on_call(loop.time() - started, grpc.StatusCode.OK, loop.time())
-    assert est.value_s < 0.010  # not ~100 ms: a busy client is not a slow backend
+    # not ~100 ms: a busy client is not a slow backend (known to within one heartbeat)
+    assert est.value_s < 0.005 + meter.tick_s + 0.001
 
 
 def test_the_silence_of_a_stalled_client_is_not_a_stalled_backend(loop: VirtualLoop) -> None:

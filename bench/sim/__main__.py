@@ -104,6 +104,8 @@ def ramp() -> dict[str, Any]:
         "title": scenario.title,
         **scenario.extra,
         "steps": steps,
+        "seeds": compared,
+        "step_s": scenario.steps[1].end_s - scenario.steps[1].start_s,
         "results": results,
         "targets": targets,
         "variant_targets": variant,

@@ -1,7 +1,8 @@
 """prequal (Wydrowski et al., "Load is not what you should balance", NSDI '24): pick
 by requests in flight (RIF) and latency learned from asynchronous probes.
 
-Each channel keeps a small **probe pool** (``probePoolSize``, 16) of answers from
+Each channel keeps a small **probe pool** (``probePoolSize``, 16; one per backend, the
+newest) of answers from
 ``grpc_balancer.probe.v1.LoadProbe/Probe`` (:mod:`grpc_balancer.server.probes`): the
 server's RIF (every client's calls) and the latency of its recent calls at about that
 RIF. Probes never delay a call: each pick asks for ``probesPerCall`` probes (a fraction
@@ -10,18 +11,20 @@ replacement, and an idle channel probes one backend every ``idleProbeInterval``.
 
 The **hot-cold lexicographic rule** picks from the pool: an entry is *hot* when its
 RIF is above the ``rifQuantile`` (0.84) quantile of the pool's RIFs, and the cold entry
-with the lowest latency wins. An entry's RIF counts this client's own calls to that
-backend sent after the probe and still in flight (the probe could not see them), so one
-answer is not stampeded. The quantile is taken over these current RIFs, so a burst of
-picks that loads every backend moves the threshold too (instead of spilling onto a slow
-backend that merely has nothing in flight), and there is always a cold entry: the
-paper's "every entry hot: the lowest RIF" fallback never applies.
+with the lowest latency wins. An entry's RIF follows this client's own calls to that
+backend since the probe: those sent after it count in (the probe could not see them, so
+one answer is not stampeded), those it counted that have ended count out. The quantile (interpolated) is taken over these current RIFs,
+one entry per backend, so a burst of picks that loads every backend moves the threshold
+too (instead of spilling onto a slow backend that merely has nothing in flight), and
+there is always a cold entry: the paper's "every entry hot: the lowest RIF" fallback
+never applies.
 
 Maintenance keeps the pool fresh and useful: an entry is used at most ``maxReuse``
 times, dropped at ``maxProbeAge``, the **oldest** entry makes room when a probe
 arrives at a full pool, and the **worst** (highest-RIF hot, else slowest) is removed
-``removeWorstPerCall`` times per call (the defaults keep a full pool: at most one use
-in ``maxReuse`` and a quarter removal per call go out, ``probesPerCall`` come in). With an empty pool (start-up, probes failing)
+``removeWorstPerCall`` times per call. The default reuse budget keeps the pool up with
+the calls: hot answers are not taken, so each cold one serves ``1 / (probesPerCall x
+(1 - rifQuantile))`` picks (7 by default). With an empty pool (start-up, probes failing)
 the pick is a power of two choices on this client's in-flight calls.
 
 A backend that does not serve the probe (UNIMPLEMENTED) is logged once and then
@@ -63,9 +66,9 @@ _deserialize = ProbeResponse.FromString
 
 class ProbeEntry:
     """One probe answer in the pool. Its load is the server's RIF at the probe plus
-    this client's calls to that backend sent since and still in flight (the probe
-    could not count them): a fresh answer is not stampeded, and the count falls
-    again as those calls end."""
+    this client's calls to that backend since: those sent after it (the probe could
+    not count them; a fresh answer is not stampeded) less those it counted that have
+    ended (a backend is not hot for calls of ours that are over)."""
 
     __slots__ = ("base_in_flight", "latency_s", "received", "rif", "subchannel", "uses")
 
@@ -78,9 +81,10 @@ class ProbeEntry:
         self.base_in_flight = subchannel.in_flight
 
     def load(self) -> float:
-        """The RIF the rule compares: the answer's plus our own calls sent since."""
-        extra = self.subchannel.in_flight - self.base_in_flight
-        return self.rif + extra if extra > 0 else self.rif
+        """The RIF the rule compares: the answer's, plus our own calls sent since, less
+        ours it counted that have ended since."""
+        load = self.rif + self.subchannel.in_flight - self.base_in_flight
+        return load if load > 0.0 else 0.0
 
     def __repr__(self) -> str:
         return (
@@ -108,10 +112,17 @@ class ProbePool:
         self.entries: list[ProbeEntry] = []
 
     def add(self, subchannel: Subchannel, rif: float, latency_s: float, now: float) -> None:
-        """A probe answered; a full pool drops its oldest entry for it."""
+        """A probe answered: it replaces an older answer of the same backend (one entry
+        per backend, so a few backends cannot crowd the quantile), else a full pool
+        drops its oldest entry for it."""
         entries = self.entries
-        if len(entries) >= self.size:
-            del entries[0]  # the oldest: entries are kept in arrival order
+        for i, e in enumerate(entries):
+            if e.subchannel is subchannel:
+                del entries[i]
+                break
+        else:
+            if len(entries) >= self.size:
+                del entries[0]  # the oldest: entries are kept in arrival order
         entries.append(ProbeEntry(subchannel, rif, latency_s, now))
 
     def expire(self, now: float) -> None:
@@ -120,9 +131,14 @@ class ProbePool:
             self.entries = [e for e in self.entries if e.received >= limit]
 
     def threshold(self, loads: list[float]) -> float:
-        """The RIF above which an entry is hot: the quantile of ``loads`` (sorted)."""
-        index = math.ceil(self.rif_quantile * len(loads)) - 1
-        return loads[min(len(loads) - 1, max(0, index))]
+        """The RIF above which an entry is hot: the ``rif_quantile`` of ``loads``
+        (sorted), interpolated between neighbours, so that of a handful of backends the
+        most loaded one is hot too."""
+        position = self.rif_quantile * (len(loads) - 1)
+        below = int(position)
+        if below + 1 >= len(loads):
+            return loads[-1]
+        return loads[below] + (loads[below + 1] - loads[below]) * (position - below)
 
     def _live(
         self, now: float, exclude: frozenset[Subchannel]
@@ -138,8 +154,8 @@ class ProbePool:
             sc = e.subchannel
             if not sc.usable or (exclude and sc in exclude):
                 continue
-            extra = sc.in_flight - e.base_in_flight
-            live.append((e.rif + extra if extra > 0 else e.rif, e))
+            load = e.rif + sc.in_flight - e.base_in_flight
+            live.append((load if load > 0.0 else 0.0, e))
         if not live:
             return live, math.inf
         return live, self.threshold(sorted([load for load, _ in live]))
@@ -257,13 +273,17 @@ class PrequalPolicy(BasePolicy):
         self.idle_interval_s = _positive_duration(config, "idleProbeInterval", 0.5)
         self.probe_timeout_s = _positive_duration(config, "probeTimeout", 1.0)
         max_age_s = _positive_duration(config, "maxProbeAge", 1.0)
+        quantile = _config.number(NAME, config, "rifQuantile", 0.84, minimum=0.0, maximum=1.0)
+        # Reuse budget: hot answers (1 - quantile of them) are not taken, so each cold
+        # one must serve 1 / (probes per call x (1 - quantile)) picks for the pool to
+        # keep up with the calls.
         rate = self.probes_per_call
-        default_reuse = max(1, math.ceil(3.0 / rate)) if rate else 1_000_000
+        cold = max(1.0 - quantile, 0.01)
+        default_reuse = max(1, math.ceil(1.0 / (rate * cold))) if rate else 1_000_000
         max_uses = _config.integer(NAME, config, "maxReuse", default_reuse, minimum=1)
         self.remove_worst_per_call = _config.number(
             NAME, config, "removeWorstPerCall", self.probes_per_call / 4, minimum=0.0, maximum=16.0
         )
-        quantile = _config.number(NAME, config, "rifQuantile", 0.84, minimum=0.0, maximum=1.0)
         self.max_probes_in_flight = _config.integer(
             NAME, config, "maxProbesInFlight", 2 * size, minimum=1
         )
@@ -277,6 +297,7 @@ class PrequalPolicy(BasePolicy):
         self._probes_in_flight = 0
         self._probed_at = -math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         #: backends that answered UNIMPLEMENTED, and when: balanced by our own view
@@ -298,8 +319,11 @@ class PrequalPolicy(BasePolicy):
             if schedule:
                 self._flush_scheduled = True
         if schedule and self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop closed: no more probes
-                self._loop.call_soon_threadsafe(self._flush)
+            if threading.get_ident() == self._loop_thread:
+                self._loop.call_soon(self._flush)  # aio picks: no self-pipe wake-up needed
+            else:
+                with contextlib.suppress(RuntimeError):  # the loop closed: no more probes
+                    self._loop.call_soon_threadsafe(self._flush)
         return entry
 
     # -- probing (the event loop) -------------------------------------------------------------
@@ -401,6 +425,7 @@ class PrequalPolicy(BasePolicy):
         if self._loop is None:
             with contextlib.suppress(RuntimeError):
                 self._loop = asyncio.get_running_loop()
+                self._loop_thread = threading.get_ident()
             self._schedule_idle()
         return PrequalPicker(self, usable)
 
