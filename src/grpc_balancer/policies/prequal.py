@@ -1,31 +1,32 @@
 """prequal (Wydrowski et al., "Load is not what you should balance", NSDI '24): pick
 by requests in flight (RIF) and latency learned from asynchronous probes.
 
-Each channel keeps a small **probe pool** (``probePoolSize``, 16; one per backend, the
-newest) of answers from
-``grpc_balancer.probe.v1.LoadProbe/Probe`` (:mod:`grpc_balancer.server.probes`): the
-server's RIF (every client's calls) and the latency of its recent calls at about that
-RIF. Probes never delay a call: each pick asks for ``probesPerCall`` probes (a fraction
-accumulates), sent from the event loop afterwards to targets sampled without
-replacement, and an idle channel probes one backend every ``idleProbeInterval``.
+Each channel keeps a small **probe pool** (``probePoolSize``, 16; one entry per backend,
+its newest answer) of answers from ``grpc_balancer.probe.v1.LoadProbe/Probe``
+(:mod:`grpc_balancer.server.probes`): the server's RIF (every client's calls) and the
+latency of its recent calls at about that RIF. Probes never delay a call: each pick asks
+for ``probesPerCall`` probes (a fraction accumulates), sent from the event loop
+afterwards to targets sampled without replacement, and an idle channel probes one
+backend every ``idleProbeInterval``.
 
 The **hot-cold lexicographic rule** picks from the pool: an entry is *hot* when its
 RIF is above the ``rifQuantile`` (0.84) quantile of the pool's RIFs, and the cold entry
 with the lowest latency wins. An entry's RIF follows this client's own calls to that
 backend since the probe: those sent after it count in (the probe could not see them, so
-one answer is not stampeded), those it counted that have ended count out. The quantile (interpolated) is taken over these current RIFs,
-one entry per backend, so a burst of picks that loads every backend moves the threshold
-too (instead of spilling onto a slow backend that merely has nothing in flight), and
-there is always a cold entry: the paper's "every entry hot: the lowest RIF" fallback
-never applies.
+one answer is not stampeded), those it counted that have ended count out. The quantile
+(interpolated) is over these current RIFs, so a burst of picks that loads every backend
+moves the threshold too instead of spilling onto a slow backend that merely has nothing
+in flight; there is always a cold entry, so the paper's "every entry hot: the lowest
+RIF" fallback never applies.
 
 Maintenance keeps the pool fresh and useful: an entry is used at most ``maxReuse``
-times, dropped at ``maxProbeAge``, the **oldest** entry makes room when a probe
-arrives at a full pool, and the **worst** (highest-RIF hot, else slowest) is removed
-``removeWorstPerCall`` times per call. The default reuse budget keeps the pool up with
-the calls: hot answers are not taken, so each cold one serves ``1 / (probesPerCall x
-(1 - rifQuantile))`` picks (7 by default). With an empty pool (start-up, probes failing)
-the pick is a power of two choices on this client's in-flight calls.
+times, dropped at ``maxProbeAge``, the **oldest** entry makes room when a probe of a new
+backend arrives at a full pool, and the **worst** (the hottest, else the slowest) is
+removed ``removeWorstPerCall`` times per call. The default reuse budget keeps the pool
+up with the calls: hot answers are not taken, so each cold one serves ``1 /
+(probesPerCall x (1 - rifQuantile))`` picks (7 by default). With an empty pool
+(start-up, probes failing) the pick is a power of two choices on this client's in-flight
+calls.
 
 A backend that does not serve the probe (UNIMPLEMENTED) is logged once and then
 balanced by this client's own view: its in-flight calls and its latency estimate
