@@ -408,6 +408,8 @@ def fleet_balance() -> str:
         f"per server), seeds {', '.join(map(str, r['seeds']))} (range over seeds).",
     ]
     return "\n".join(rows) + "\n"
+
+
 # -- fleet simulator and prequal (issue 16) ----------------------------------------------------
 def _yes(ok: bool) -> str:
     return "met" if ok else "**not met**"
