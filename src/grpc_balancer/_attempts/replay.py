@@ -117,8 +117,17 @@ class AsyncRequests:
                 continue
             if buffer.committed and not buffer.items:
                 # one attempt left and nothing kept: read the source straight through
-                async for item in self._rest():
-                    yield item
+                # (here, not in a nested generator: one layer per message, not two)
+                if self._pull is not None and not self._pull.done():
+                    await asyncio.shield(self._pull)  # a message being pulled belongs to us
+                    continue
+                if self._iter is not None:
+                    for item in self._iter:
+                        yield item
+                elif self._aiter is not None:
+                    async for item in self._aiter:
+                        yield item
+                buffer.ended = True
                 return
             if self._iter is not None:  # next() cannot be interrupted: no task needed
                 self._pull_sync()
@@ -126,24 +135,6 @@ class AsyncRequests:
             if self._pull is None or self._pull.done():
                 self._pull = asyncio.get_running_loop().create_task(self._pull_one())
             await asyncio.shield(self._pull)
-
-    async def _rest(self) -> AsyncIterator[Any]:
-        if self._pull is not None and not self._pull.done():
-            await asyncio.shield(self._pull)  # a message being pulled belongs to us
-            have, item = self._buffer.get(self._buffer.base)
-            if have:
-                yield item
-        if self._buffer.error is not None:
-            raise self._buffer.error
-        if self._buffer.ended:
-            return
-        if self._iter is not None:
-            for item in self._iter:
-                yield item
-        elif self._aiter is not None:
-            async for item in self._aiter:
-                yield item
-        self._buffer.ended = True
 
     def _pull_sync(self) -> None:
         assert self._iter is not None
