@@ -45,11 +45,17 @@ def _ratio(x: float, digits: int = 2) -> str:
 # -- call path --------------------------------------------------------------------------------
 def instructions() -> str:
     r = _json("instructions")
+    rows = "".join(
+        f"| {p['unit']} | {p['ours']:,.0f} | {p['grpcio']:,.0f} | {_ratio(p['ratio'], 3)} "
+        f"({p['ratio_min']:.3f}–{p['ratio_max']:.3f}) |\n"
+        for p in r["points"].values()
+    )
     return (
-        "| client instructions per unary RPC (callgrind, aio, concurrency 8) | grpc_balancer "
-        "| grpcio | ratio |\n|---|---|---|---|\n"
-        f"| `{r['command']}`, {r['when']} | {r['ours']:,.0f} | {r['grpcio']:,.0f} "
-        f"| {_ratio(r['ratio'], 3)} |\n"
+        "| client instructions per … (callgrind) | grpc_balancer | grpcio "
+        "| ratio, median of rounds (range) |\n|---|---|---|---|\n"
+        + rows
+        + f"\n`{r['command']}`, {r['when']}, {len(next(iter(r['points'].values()))['rounds'])} "
+        f"rounds per point, load average {r['load_average']:.1f}.\n"
     )
 
 

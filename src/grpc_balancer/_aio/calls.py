@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -616,11 +616,48 @@ class _UnaryResponse(_Call):
         raise self._error()
 
 
+class _Responses:
+    """``async for`` over a response stream with no retry or hedging policy.
+
+    The first message comes through :meth:`_StreamResponse._iterate`, which tells the
+    plan (the call commits to that attempt). From then on nothing but the attempt's end
+    can happen, and its done-callback tells the plan, so the messages come straight
+    from grpc.aio's own iterator: no generator of ours per message. Its end reads as
+    ours would (grpc.aio raises the attempt's status; the first attempt adds no
+    trailers)."""
+
+    __slots__ = ("_call", "_next", "_through_plan")
+
+    def __init__(self, call: _StreamResponse) -> None:
+        self._call = call
+        self._through_plan: AsyncGenerator[Any, None] = call._iterate()
+        # (not a bound method of self until then: a cycle would keep the call and its
+        # connection alive until the garbage collector ran)
+        self._next: Callable[[], Awaitable[Any]] | None = None
+
+    def __aiter__(self) -> _Responses:
+        return self
+
+    def __anext__(self) -> Awaitable[Any]:
+        direct = self._next
+        return self._until_committed() if direct is None else direct()
+
+    async def _until_committed(self) -> Any:
+        message = await self._through_plan.__anext__()
+        attempt = self._call._plan.committed
+        if attempt is not None and attempt.number == 0 and attempt.call is not None:
+            self._next = attempt.call.__aiter__().__anext__
+            await self._through_plan.aclose()  # suspended after the message: done with it
+        return message
+
+
 class _StreamResponse(_Call):
     def __aiter__(self) -> AsyncIterator[Any]:
-        return self._iterate()
+        if self._prefetch:
+            return self._iterate()
+        return _Responses(self)
 
-    async def _iterate(self) -> AsyncIterator[Any]:
+    async def _iterate(self) -> AsyncGenerator[Any, None]:
         if self._prefetch:  # the first message was read with read(): keep reading so
             while True:
                 response = await self.read()
