@@ -73,6 +73,37 @@ async def test_aio_unary_call_starts_when_created_not_when_awaited() -> None:
         assert "early" in reply.message
 
 
+async def test_cancelling_the_task_awaiting_an_aio_call_cancels_both_as_grpc_aio() -> None:
+    """asyncio's cancellation of the awaiting task (Ctrl-C in asyncio.run, wait_for) ends
+    the RPC and reaches the task as CancelledError, as with grpc.aio's own channel (it
+    must not turn into a CANCELLED RpcError that a retry loop would swallow)."""
+
+    async def cancelled_while_awaiting(ch: Any) -> tuple[str, bool]:
+        call = greeter_pb2_grpc.GreeterStub(ch).SayHello(Req(name="held"), timeout=60)
+        task = asyncio.ensure_future(call)
+        await eventually(lambda: served(fleet) > before)
+        task.cancel()
+        try:
+            await task
+            outcome = "OK"
+        except asyncio.CancelledError:
+            outcome = "CancelledError"
+        except grpc.RpcError as err:
+            outcome = f"RpcError {err.code().name}"  # type: ignore[attr-defined]
+        return outcome, call.cancelled()
+
+    async with GreeterFleet(1, faults=[Faults(delay_ms=60_000)]) as fleet:
+        async with grpc.aio.insecure_channel(fleet.servers[0].address) as theirs:
+            before = served(fleet)
+            expected = await cancelled_while_awaiting(theirs)
+        assert expected == ("CancelledError", True)
+        async with grpc_balancer.aio.insecure_channel(fleet.target()) as ours:
+            await ours.channel_ready()
+            before = served(fleet)
+            assert await cancelled_while_awaiting(ours) == expected
+            await eventually(lambda: all(sc.in_flight == 0 for sc in ours.subchannels))
+
+
 async def test_sync_future_with_retry_policy_reports_previous_attempts() -> None:
     # round robin over a failing and a healthy backend: each failure is retried once
     fleet = GreeterFleet(2, faults=[Faults(fail_rate=1.0), Faults()])

@@ -92,7 +92,7 @@ class _UnaryAttempt:
     def cancel(self) -> bool:
         if self._cython_call.done():
             return False
-        self._cython_call.cancel("Locally cancelled by application!")
+        self._cython_call.cancel(CANCELLED_DETAILS)
         return True
 
     def done(self) -> bool:
@@ -350,13 +350,17 @@ class _Call:
                 metadata if type(metadata) is tuple else tuple(metadata),
                 _census_context(),
             )
-        except asyncio.CancelledError:  # the task itself (loop shutdown): end the RPC
+        except asyncio.CancelledError:
+            # The task awaiting the call was cancelled (asyncio cancels this one with
+            # it): end the RPC, and stay cancelled, so the cancellation reaches that
+            # task as CancelledError (returning would turn it into an RPC error).
             if not cython_call.done():
-                cython_call.cancel("Locally cancelled by application!")
-            response = None
-        sc: Any = attempt.subchannel  # an AioSubchannel
-        sc.direct_calls.discard(attempt.call)
-        self._attempt_done(attempt, attempt.call)
+                cython_call.cancel(CANCELLED_DETAILS)
+            raise
+        finally:
+            sc: Any = attempt.subchannel  # an AioSubchannel
+            sc.direct_calls.discard(attempt.call)
+            self._attempt_done(attempt, attempt.call)
         if not cython_call.is_ok():
             return _EOF
         deserializer = self._mc._response_deserializer
@@ -607,6 +611,8 @@ class _UnaryResponse(_Call):
         except asyncio.CancelledError:
             if not plan.done:
                 self.cancel()
+            elif plan.outcome is not None and plan.outcome.code is _CANCELLED:
+                self._cancelled = True  # the awaiting task's cancel ended the attempt
             raise
         finish = plan.outcome
         if finish.code is _OK and finish.attempt is not None:
