@@ -145,6 +145,8 @@ async def test_killed_backend_leaves_round_robin_and_rejoins_after_restart(
             restarted = ServerProcess(port=victim.port).start()
             try:
                 await eventually(lambda: sc.usable, timeout=30)
+                # state changes reach the picker coalesced, a loop turn or more later
+                assert await ch.wait_for_settled(10)
                 ports = await say_hello_ports(ch, 30)
             finally:
                 restarted.kill()
