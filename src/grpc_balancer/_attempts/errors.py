@@ -42,16 +42,16 @@ def aio_error(
 
 if TYPE_CHECKING:
 
-    class _CallFuture(grpc.RpcError, grpc.CallFuture[Any]): ...  # type: ignore[misc]
+    class _CallFuture(grpc.CallFuture[Any]): ...
 
 else:  # grpc-stubs makes CallFuture generic; grpcio has no such runtime class
 
-    class _CallFuture(grpc.RpcError, grpc.Call, grpc.Future): ...
+    class _CallFuture(grpc.Call, grpc.Future): ...
 
 
-class SyncRpcError(_CallFuture):
-    """A finished sync call's error: a ``grpc.RpcError`` that is also a ``grpc.Call``
-    and a ``grpc.Future``, like grpcio's own."""
+class FinishedCall(_CallFuture):
+    """A finished sync call, as ``with_call()`` returns it: a ``grpc.Call`` and a
+    ``grpc.Future`` whose result is the response (grpcio's rendezvous, done)."""
 
     def __init__(
         self,
@@ -60,13 +60,14 @@ class SyncRpcError(_CallFuture):
         initial: Sequence[tuple[str, Any]] = (),
         trailing: Sequence[tuple[str, Any]] = (),
         debug: str | None = None,
+        response: Any = None,
     ) -> None:
-        super().__init__()
         self._code = code
         self._details = details
         self._initial = tuple(initial)
         self._trailing = tuple(trailing)
         self._debug = debug
+        self._response = response
 
     # grpc.Call
     def code(self) -> grpc.StatusCode:
@@ -107,10 +108,10 @@ class SyncRpcError(_CallFuture):
         return True
 
     def result(self, timeout: float | None = None) -> Any:
-        raise self
+        return self._response
 
     def exception(self, timeout: float | None = None) -> Any:
-        return self
+        return None
 
     def traceback(self, timeout: float | None = None) -> Any:
         return None
@@ -118,7 +119,33 @@ class SyncRpcError(_CallFuture):
     def add_done_callback(self, fn: Callable[[Any], None]) -> None:
         fn(self)
 
+
+class SyncRpcError(grpc.RpcError, FinishedCall):  # type: ignore[misc]
+    """A finished sync call's error: a ``grpc.RpcError`` that is also a ``grpc.Call``
+    and a ``grpc.Future``, like grpcio's own."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        initial: Sequence[tuple[str, Any]] = (),
+        trailing: Sequence[tuple[str, Any]] = (),
+        debug: str | None = None,
+    ) -> None:
+        grpc.RpcError.__init__(self)
+        FinishedCall.__init__(self, code, details, initial, trailing, debug)
+
+    def result(self, timeout: float | None = None) -> Any:
+        raise self
+
+    def exception(self, timeout: float | None = None) -> Any:
+        return self
+
     def __str__(self) -> str:
-        return f'<{type(self).__name__} of RPC that terminated with:\n\tstatus = {self._code}\n\tdetails = "{self._details}"\n>'
+        debug = "" if self._debug is None else f'\tdebug_error_string = "{self._debug}"\n'
+        return (
+            f"<{type(self).__name__} of RPC that terminated with:\n\tstatus = {self._code}\n"
+            f'\tdetails = "{self._details}"\n{debug}>'
+        )
 
     __repr__ = __str__

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 
 from grpc_balancer._attempts.attempt import Attempt
-from grpc_balancer._attempts.errors import SyncRpcError, with_extra
+from grpc_balancer._attempts.errors import FinishedCall, SyncRpcError, with_extra
 from grpc_balancer._attempts.plan import (
     Action,
     AttemptPlan,
@@ -33,6 +33,7 @@ from grpc_balancer._attempts.plan import (
 )
 from grpc_balancer._attempts.replay import SyncRequests
 from grpc_balancer._observe.capture import CURRENT as _CAPTURE
+from grpc_balancer._sync.direct import blocking_unary, direct_ok
 
 if TYPE_CHECKING:
     from grpc_balancer._sync.channel import SyncBalancedChannel
@@ -92,6 +93,7 @@ class _SyncMultiCallable:
         self._deser = response_deserializer
         self._key = (self._kind.value, method, request_serializer, response_deserializer)
         self._core = channel.core
+        self._direct = self._kind is Kind.UNARY_UNARY
         self.load_method_config()
 
     def load_method_config(self) -> None:
@@ -243,14 +245,15 @@ class _UnaryResponse(_SyncMultiCallable):
             # several attempts at once, or a request stream read by grpcio's thread:
             # the callback driver, waited on here
             future = BalancedFuture(self, request, plan, credentials, compression)
-            response = future.result()
-            return (response, future.answering_call()) if with_call else response
+            answer = future.result()
+            return (answer, future.answering_call()) if with_call else answer
         record = None
         if _CAPTURE.get() is not None or self._core.instrument is not None:
             record = CallRecord(self)
             self.record(record)
         actions = plan.start()
-        result: Any = None
+        response: Any = None
+        call: Any = None
         error: Any = None
         while True:
             for action in actions:
@@ -258,7 +261,7 @@ class _UnaryResponse(_SyncMultiCallable):
                     attempt = action.attempt
                     if record is not None:
                         record.subchannel = attempt.subchannel
-                    result, error, actions = self._send(
+                    response, call, error, actions = self._send(
                         plan, attempt, request, credentials, compression, with_call
                     )
                     break
@@ -267,8 +270,7 @@ class _UnaryResponse(_SyncMultiCallable):
                         self.finished(record, action.code)
                     if action.code is _OK:
                         if not with_call:
-                            return result[0] if isinstance(result, tuple) else result
-                        response, call = result
+                            return response
                         return response, (
                             CallWithAttempts(call, action.trailers) if action.trailers else call
                         )
@@ -284,34 +286,71 @@ class _UnaryResponse(_SyncMultiCallable):
         credentials: grpc.CallCredentials | None,
         compression: grpc.Compression | None,
         with_call: bool,
-    ) -> tuple[Any, Any, list[Action]]:
+    ) -> tuple[Any, Any, Any, list[Action]]:
+        """One attempt: (response, its call object, its error, the plan's next actions)."""
         sc: Any = attempt.subchannel  # a SyncSubchannel
         inner = sc.sync_callables.get(self._key) or self.inner(sc)
         if inner is None:
-            return None, None, plan.on_end(attempt, _UNAVAILABLE, _CLOSED)
+            return None, None, None, plan.on_end(attempt, _UNAVAILABLE, _CLOSED)
+        if self._direct and credentials is None and compression is None and direct_ok(inner):
+            return self._send_direct(plan, attempt, inner, request, with_call)
         trailers = with_call or bool(sc.trailer_observers)
         # wait_for_ready None: fail fast, as False, without grpcio making a flags object
         # per call (an endpoint channel has no service config that the flag would override)
         try:
             if trailers:
-                result = inner.with_call(
+                response, call = inner.with_call(
                     request, attempt.timeout, attempt.metadata, credentials, None, compression
                 )
             else:
-                result = inner(
-                    request, attempt.timeout, attempt.metadata, credentials, None, compression
+                response, call = (
+                    inner(
+                        request, attempt.timeout, attempt.metadata, credentials, None, compression
+                    ),
+                    None,
                 )
         except grpc.RpcError as err:
-            call = cast(grpc.Call, err)
+            failed = cast(grpc.Call, err)
             return (
                 None,
+                None,
                 err,
-                plan.on_end(attempt, call.code(), call.details(), call.trailing_metadata()),
+                plan.on_end(attempt, failed.code(), failed.details(), failed.trailing_metadata()),
             )
         except ValueError:  # the endpoint channel closed between pick and send
-            return None, None, plan.on_end(attempt, _UNAVAILABLE, _CLOSED)
-        ends = plan.on_end(attempt, _OK, "", result[1].trailing_metadata() if trailers else None)
-        return result, None, ends
+            return None, None, None, plan.on_end(attempt, _UNAVAILABLE, _CLOSED)
+        ends = plan.on_end(attempt, _OK, "", call.trailing_metadata() if trailers else None)
+        return response, call, None, ends
+
+    def _send_direct(
+        self, plan: AttemptPlan, attempt: Attempt, inner: Any, request: Any, with_call: bool
+    ) -> tuple[Any, Any, Any, list[Action]]:
+        """The attempt on grpcio's Cython channel (see :mod:`grpc_balancer._sync.direct`)."""
+        timeout = attempt.timeout
+        metadata = attempt.metadata
+        if metadata is not None and type(metadata) is not tuple:
+            metadata = tuple(metadata)
+        try:
+            code, response, details, initial, trailing, debug = blocking_unary(
+                inner, request, None if timeout is None else time.time() + timeout, metadata
+            )
+        except ValueError:  # the endpoint channel closed between pick and send
+            return None, None, None, plan.on_end(attempt, _UNAVAILABLE, _CLOSED)
+        if code is _OK:
+            sc: Any = attempt.subchannel
+            ends = plan.on_end(
+                attempt, _OK, "", trailing if (with_call or sc.trailer_observers) else None
+            )
+            if not with_call:
+                return response, None, None, ends
+            return (
+                response,
+                FinishedCall(code, details, initial, trailing, None, response),
+                None,
+                ends,
+            )
+        error = SyncRpcError(code, details, initial, trailing, debug)
+        return None, None, error, plan.on_end(attempt, code, details, trailing)
 
     def _wait(self, plan: AttemptPlan) -> list[Action]:
         """Nothing to send now: wait for a better picker or the plan's timer (the
