@@ -205,11 +205,25 @@ class _Call:
         self._done_callbacks = None
         self._waiting_on = None
         self._requests = None
-        if self._kind is Kind.UNARY_UNARY:
-            self._direct = compression is None
-        elif self._kind is Kind.STREAM_UNARY or self._kind is Kind.STREAM_STREAM:
-            self._requests = AsyncRequests(request, self._buffered)
         self._plan = plan = mc._spec.plan(timeout, metadata, wait_for_ready)
+        if self._kind is Kind.UNARY_UNARY:  # the commonest kind: one test
+            self._direct = compression is None
+        else:
+            self._setup_streams(request, plan)
+        capture = _CAPTURE.get()
+        if capture is not None:
+            capture.add(self)
+        if channel.instrument is not None:
+            channel.instrument.call_started(self)
+        actions = plan.start()
+        if len(actions) == 1 and type(actions[0]) is Send and plan.wake_at is None:
+            self._send(actions[0].attempt)  # the common first step
+        else:
+            self._run(actions)
+
+    def _setup_streams(self, request: Any, plan: AttemptPlan) -> None:
+        if self._kind is Kind.STREAM_UNARY or self._kind is Kind.STREAM_STREAM:
+            self._requests = AsyncRequests(request, self._buffered)
         if not self._unary_response and (plan._retry is not None or plan._hedging is not None):
             # Stream responses that may retry: read the first message before the
             # application does, to know when the call commits.
@@ -217,16 +231,6 @@ class _Call:
             self._prefetched: dict[Attempt, Any] = {}
             self._responded: set[Attempt] = set()
             self._readers: set[asyncio.Task[None]] = set()
-        capture = _CAPTURE.get()
-        if capture is not None:
-            capture.add(self)
-        if channel.instrument is not None:
-            channel.instrument.call_started(self)
-        actions = self._plan.start()
-        if len(actions) == 1 and type(actions[0]) is Send and self._plan.wake_at is None:
-            self._send(actions[0].attempt)  # the common first step
-        else:
-            self._run(actions)
 
     # -- executing the plan's actions ---------------------------------------------------------
     def _run(self, actions: list[Action]) -> None:
@@ -358,9 +362,10 @@ class _Call:
                 cython_call.cancel(CANCELLED_DETAILS)
             raise
         finally:
+            direct = attempt.call
             sc: Any = attempt.subchannel  # an AioSubchannel
-            sc.direct_calls.discard(attempt.call)
-            self._attempt_done(attempt, attempt.call)
+            sc.direct_calls.discard(direct)
+            self._attempt_done(attempt, direct)
         if not cython_call.is_ok():
             return _EOF
         deserializer = self._mc._response_deserializer

@@ -424,13 +424,13 @@ class AttemptPlan:
         ):
             # the table's (ATTEMPTING, END) for the commonest end, taken inline: the
             # only attempt of a call without retries or hedges succeeded
+            # (no retry or hedging policy: nothing set wake_at or waiting_on while
+            # ATTEMPTING, so they need no reset)
             running.clear()
             self.committed = attempt
             n = attempt.number
             finish = Finish(attempt, Code.OK, "", ((PREVIOUS_ATTEMPTS_KEY, str(n)),) if n else ())
             self.state = State.DONE
-            self.wake_at = None
-            self.waiting_on = None
             self.outcome = finish
             return [finish]
         return self._step(Input.END, (attempt, code, details or "", trailers))
