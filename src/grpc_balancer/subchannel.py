@@ -29,6 +29,7 @@ from grpc_balancer.endpoint import Endpoint
 log = logging.getLogger("grpc_balancer.subchannel")
 
 Connectivity = grpc.ChannelConnectivity
+_OK = grpc.StatusCode.OK
 
 #: Health values: UNCHECKED = health checking off; UNKNOWN = waiting for the first answer.
 HEALTH_UNCHECKED = "UNCHECKED"
@@ -222,7 +223,7 @@ class Subchannel:
         self.in_flight -= 1
         now = self._clock()
         latency = now - started_at
-        if code is not grpc.StatusCode.OK:
+        if code is not _OK:
             self.calls_failed += 1
         self.latency.on_call(latency, code, now)
         for observer in self.call_observers:

@@ -46,6 +46,7 @@ Serializer = Callable[[Any], bytes] | None
 Deserializer = Callable[[bytes], Any] | None
 
 _OK = grpc.StatusCode.OK
+_OK_INT = grpc.StatusCode.OK.value[0]  # cygrpc's status code of OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 _CODES = CODE_OF_INT
@@ -347,11 +348,10 @@ class _Call:
             except Exception:  # as grpcio: logged, and the call fails in the core
                 _LOGGER.exception("Exception serializing message!")
                 request = None
-        metadata = attempt.metadata
         try:
             response = await cython_call.unary_unary(
                 request,
-                metadata if type(metadata) is tuple else tuple(metadata),
+                attempt.metadata,  # a tuple (CallSpec.plan)
                 _census_context(),
             )
         except asyncio.CancelledError:
@@ -362,10 +362,13 @@ class _Call:
                 cython_call.cancel(CANCELLED_DETAILS)
             raise
         finally:
-            direct = attempt.call
             sc: Any = attempt.subchannel  # an AioSubchannel
-            sc.direct_calls.discard(direct)
-            self._attempt_done(attempt, direct)
+            sc.direct_calls.discard(attempt.call)
+            status = cython_call._status  # see _status_of
+            if status is not None and status.code() == _OK_INT and not sc.trailer_observers:
+                self._ended_ok(attempt)
+            else:
+                self._attempt_done(attempt, attempt.call)
         if not cython_call.is_ok():
             return _EOF
         deserializer = self._mc._response_deserializer
@@ -384,22 +387,26 @@ class _Call:
         code = (
             _CODES.get(status.code(), grpc.StatusCode.UNKNOWN) if status is not None else _CANCELLED
         )
-        if code is _OK and not attempt.subchannel.trailer_observers:  # the fast path
-            actions = self._plan.on_end(attempt, code, "", None)
-            if self._timer_at is None and self._progress is None and len(actions) == 1:
-                action = actions[0]
-                if type(action) is Finish:
-                    if (
-                        self._done_callbacks is not None
-                        or self._channel.instrument is not None
-                        or self._waiting_on is not None
-                    ):
-                        self._finished(action)
-                    return
-            self._run(actions)
+        if code is _OK and not attempt.subchannel.trailer_observers:
+            self._ended_ok(attempt)
             return
         code, details, trailers, _ = _status_of(call)
         self._end(attempt, code, details, trailers)
+
+    def _ended_ok(self, attempt: Attempt) -> None:
+        """The fast path of an attempt's end: OK, and no policy reads its trailers."""
+        actions = self._plan.on_end(attempt, _OK, "", None)
+        if self._timer_at is None and self._progress is None and len(actions) == 1:
+            action = actions[0]
+            if type(action) is Finish:
+                if (
+                    self._done_callbacks is not None
+                    or self._channel.instrument is not None
+                    or self._waiting_on is not None
+                ):
+                    self._finished(action)
+                return
+        self._run(actions)
 
     def _end(self, attempt: Attempt, code: grpc.StatusCode, details: str, trailers: Any) -> None:
         if attempt.ended:

@@ -278,8 +278,12 @@ class CallSpec:
         # call, and only calls with a policy pay for _setup
         plan = AttemptPlan.__new__(AttemptPlan)
         plan._spec = self
-        plan.info = self._bare_info if metadata is None else PickInfo(self.method, metadata)
-        plan._metadata = metadata or ()
+        if metadata is None:
+            plan.info = self._bare_info
+            plan._metadata = ()
+        else:
+            plan.info = PickInfo(self.method, metadata)
+            plan._metadata = _as_tuple(metadata)
         if timeout is None:
             plan.deadline = None
         else:  # the clock read once: the first attempt's timeout is the call's
@@ -292,6 +296,13 @@ class CallSpec:
         if self.retry is not None or self.hedging is not None:
             plan._setup(self, plan.info, metadata, plan.deadline, plan._wait_for_ready)
         return plan
+
+
+def _as_tuple(metadata: Metadata | None) -> Metadata:
+    """The call's metadata as a tuple, made once: grpcio's core takes nothing else."""
+    if not metadata:
+        return ()
+    return metadata if type(metadata) is tuple else tuple(metadata)
 
 
 class AttemptPlan:
@@ -360,7 +371,7 @@ class AttemptPlan:
     ) -> None:
         self._spec = spec
         self.info = info
-        self._metadata = metadata or ()
+        self._metadata = _as_tuple(metadata)
         self.deadline = deadline
         self._wait_for_ready = wait_for_ready
         self.running: list[Attempt] = []
@@ -590,9 +601,9 @@ class AttemptPlan:
                 (PREVIOUS_ATTEMPTS_KEY, str(number)),
             )
         attempt = Attempt(sc, number, metadata, timeout)
-        self._sent += 1
+        self._sent = number + 1
         self.running.append(attempt)
-        self._tried = (*self._tried, sc)
+        self._tried = (*self._tried, sc) if number else (sc,)
         self.state = State.ATTEMPTING
         self.waiting_on = None
         self.wake_at = None

@@ -327,12 +327,12 @@ class _UnaryResponse(_SyncMultiCallable):
     ) -> tuple[Any, Any, Any, list[Action]]:
         """The attempt on grpcio's Cython channel (see :mod:`grpc_balancer._sync.direct`)."""
         timeout = attempt.timeout
-        metadata = attempt.metadata
-        if metadata is not None and type(metadata) is not tuple:
-            metadata = tuple(metadata)
         try:
             code, response, details, initial, trailing, debug = blocking_unary(
-                inner, request, None if timeout is None else time.time() + timeout, metadata
+                inner,
+                request,
+                None if timeout is None else time.time() + timeout,
+                attempt.metadata,  # a tuple (CallSpec.plan)
             )
         except ValueError:  # the endpoint channel closed between pick and send
             return None, None, None, plan.on_end(attempt, _UNAVAILABLE, _CLOSED)
