@@ -373,3 +373,38 @@ async def test_sync_stream_result_is_none_or_the_error_as_grpcio() -> None:
         failed = await asyncio.to_thread(run, fleet.addresses[1])
         assert ok == (None, grpc.StatusCode.OK)
         assert isinstance(failed[0], grpc.RpcError) and failed[1] is UNAVAILABLE
+
+
+async def test_request_stream_after_commit_reads_the_application_iterator_as_grpc_aio() -> None:
+    """After the commit the attempt reads the application's async iterator itself
+    (no layer of ours per message): every message arrives once and in order, and an
+    iterator that raises mid-stream ends the call as it does on grpc.aio's channel."""
+
+    async def names(n: int, fail_at: int | None = None) -> Any:
+        for i in range(n):
+            if i == fail_at:
+                raise RuntimeError("the application's iterator broke")
+            yield Req(name=f"n{i}")
+            if i % 50 == 0:
+                await asyncio.sleep(0)  # let replies (and the commit) in between
+
+    async with GreeterFleet(1) as fleet:
+        ours = grpc_balancer.aio.insecure_channel(fleet.target(), policy="round_robin")
+        theirs = grpc.aio.insecure_channel(fleet.addresses[0])
+        try:
+            outcomes = []
+            for channel in (ours, theirs):
+                stub = greeter_pb2_grpc.GreeterStub(channel)
+                replies = [r.message async for r in stub.Chat(names(300), timeout=10)]
+                assert [m.split(" (")[0] for m in replies] == [f"Hello n{i}" for i in range(300)]
+                broken = stub.Chat(names(300, fail_at=200), timeout=10)
+                got = 0
+                with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+                    async for _ in broken:
+                        got += 1
+                outcomes.append((await broken.code(), got <= 200))
+            assert outcomes[0] == outcomes[1]
+            assert outcomes[0][0] is grpc.StatusCode.CANCELLED
+        finally:
+            await ours.close()
+            await theirs.close()

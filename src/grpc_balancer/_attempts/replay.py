@@ -97,7 +97,11 @@ class AsyncRequests:
             self._arrived = None
 
     # -- attempts read here --------------------------------------------------------------
-    async def replay(self) -> AsyncIterator[Any]:
+    def replay(self) -> _Replay:
+        """An attempt's request iterator (what grpc.aio's call consumes)."""
+        return _Replay(self)
+
+    async def _replay(self, reader: _Replay) -> AsyncIterator[Any]:
         buffer = self._buffer
         position = buffer.base
         while True:
@@ -125,8 +129,10 @@ class AsyncRequests:
                     for item in self._iter:
                         yield item
                 elif self._aiter is not None:
-                    async for item in self._aiter:
-                        yield item
+                    # hand the attempt's reader the application's iterator itself: no
+                    # layer of ours per message from here on
+                    reader.direct = self._aiter.__anext__
+                    return
                 buffer.ended = True
                 return
             if self._iter is not None:  # next() cannot be interrupted: no task needed
@@ -162,6 +168,39 @@ class AsyncRequests:
             self._buffer.error = exc
             return
         self._buffer.add(item)
+
+
+class _Replay:
+    """One attempt's reader of the requests: through :meth:`AsyncRequests._replay` until
+    the call has committed and the buffer is drained, then straight from the
+    application's async iterator (``direct``), as the response side does."""
+
+    __slots__ = ("_gen", "direct")
+
+    def __init__(self, requests: AsyncRequests) -> None:
+        self.direct: Callable[[], Any] | None = None
+        self._gen: Any = requests._replay(self)
+
+    def __aiter__(self) -> _Replay:
+        return self
+
+    def __anext__(self) -> Any:
+        direct = self.direct
+        return self._through_buffer() if direct is None else direct()
+
+    async def _through_buffer(self) -> Any:
+        try:
+            return await self._gen.__anext__()
+        except StopAsyncIteration:
+            direct = self.direct
+            if direct is None:
+                raise
+            self._gen = None  # handed over: ended, and no cycle through it
+            return await direct()
+
+    async def aclose(self) -> None:
+        if self._gen is not None:
+            await self._gen.aclose()
 
 
 class SyncRequests:
