@@ -102,6 +102,7 @@ bench-all: bench system-deps js-deps
 	$(PY) -m bench.bench_sync
 	$(PY) -m bench.bench_cpu
 	$(PY) -m bench.bench_instructions
+	$(PY) -m bench.bench_bytecodes
 	$(PY) -m bench.bench_dns
 	$(PY) -m bench.bench_etcd
 	$(PY) -m bench.bench_xds_clients

@@ -59,6 +59,33 @@ def instructions() -> str:
     )
 
 
+def bytecodes() -> str:
+    r = _json("bytecodes")
+    ours, theirs = r["ours"]["layers"], r["grpcio"]["layers"]
+    layers = list(dict.fromkeys([*ours, *theirs]))
+    rows = "".join(
+        f"| {layer} | {ours.get(layer, 0):,.0f} | {theirs.get(layer, 0):,.0f} |\n"
+        for layer in layers
+    )
+    totals = r["totals"]
+    top = ", ".join(
+        f"`{f['function']}` {f['per_rpc']:.0f}"
+        for f in r["ours"]["top_functions"]
+        if not f["function"].startswith(("base_events", "events", "selector", "contextlib"))
+    )
+    return (
+        "| Python bytecodes per unary RPC, by layer | grpc_balancer | grpcio |\n|---|---|---|\n"
+        + rows
+        + f"| **total** | **{r['ours']['per_rpc']:,.0f}** | **{r['grpcio']['per_rpc']:,.0f}** |\n"
+        + f"\nOurs' busiest functions (bytecodes per RPC): {top}. Totals per round: ours "
+        + ", ".join(f"{t:,.0f}" for t in totals["ours"])
+        + "; grpcio "
+        + ", ".join(f"{t:,.0f}" for t in totals["grpcio"])
+        + f". `{r['command']}`, {r['when']}, {r['rpcs']} RPCs at concurrency "
+        f"{r['concurrency']} per round.\n"
+    )
+
+
 # -- policies --------------------------------------------------------------------------------
 def policies_summary() -> str:
     s1, s2, s3 = (
@@ -550,6 +577,7 @@ def prequal_loopback() -> str:
 
 BLOCKS: dict[str, Callable[[], str]] = {
     "instructions": instructions,
+    "bytecodes": bytecodes,
     "policies-summary": policies_summary,
     "policies-results": policies_results,
     "round-robin": round_robin,

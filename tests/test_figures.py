@@ -59,3 +59,16 @@ def test_s4_figures_are_the_committed_ones() -> None:
     summary = figures.policies_summary()
     assert "p99 39.1 ms" in summary and "p99 48.4 ms" in summary and "83.7 %" in summary
     assert "211" not in summary and "86.6" not in summary
+
+
+def test_bytecode_layers_put_each_file_in_its_layer() -> None:
+    from bench.bench_bytecodes import OTHER, layer_of
+
+    site = "/x/site-packages"
+    assert layer_of("/r/src/grpc_balancer/_aio/calls.py").startswith("ours: driver")
+    assert layer_of("/r/src/grpc_balancer/_attempts/plan.py").startswith("ours: attempt plan")
+    assert layer_of("/r/src/grpc_balancer/policies/round_robin.py").startswith("ours: picking")
+    assert layer_of("/r/src/grpc_balancer/_core/load.py").startswith("ours: accounting")
+    assert layer_of("/r/src/grpc_balancer/_core/status.py") == "ours: other"
+    assert layer_of(f"{site}/grpc/aio/_call.py").startswith("grpcio")
+    assert layer_of("/usr/lib/python3.11/asyncio/events.py") == OTHER
