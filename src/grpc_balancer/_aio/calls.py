@@ -601,10 +601,11 @@ class _UnaryResponse(_Call):
                     call = attempt.call
                     if type(call) is _UnaryAttempt:
                         response = yield from call._task
+                        outcome = plan.outcome
                         if (
                             response is not _EOF
-                            and plan.outcome is not None
-                            and plan.outcome.attempt is attempt
+                            and outcome is not None
+                            and outcome.attempt is attempt
                         ):
                             return response
                         continue  # a failure: the plan has been told, as below

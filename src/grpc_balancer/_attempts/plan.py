@@ -105,6 +105,13 @@ class State(enum.Enum):
     __hash__ = object.__hash__  # members are singletons: C-level hashing on the hot path
 
 
+#: the hot path's names, read as module globals (one lookup, not two)
+_OK = Code.OK
+_IDLE = State.IDLE
+_ATTEMPTING = State.ATTEMPTING
+_DONE = State.DONE
+
+
 class Input(enum.Enum):
     START = "start"
     PICKER = "picker"
@@ -390,7 +397,7 @@ class AttemptPlan:
 
     # -- inputs ---------------------------------------------------------------------------
     def start(self) -> list[Action]:
-        if self.state is not State.IDLE:
+        if self.state is not _IDLE:
             raise PlanError(f"attempt plan: no transition for START in {self.state.name}")
         # the table's (IDLE, START), taken inline: every call's first step
         try:
@@ -426,13 +433,7 @@ class AttemptPlan:
         """``attempt`` ended with ``code`` (its accounting is done here)."""
         attempt.finish(code, details, trailers)
         running = self.running
-        if (
-            code is Code.OK
-            and self.state is State.ATTEMPTING
-            and not self._refills
-            and len(running) == 1
-            and running[0] is attempt
-        ):
+        if code is _OK and self.state is _ATTEMPTING and not self._refills and running == [attempt]:
             # the table's (ATTEMPTING, END) for the commonest end, taken inline: the
             # only attempt of a call without retries or hedges succeeded
             # (no retry or hedging policy: nothing set wake_at or waiting_on while
@@ -440,8 +441,8 @@ class AttemptPlan:
             running.clear()
             self.committed = attempt
             n = attempt.number
-            finish = Finish(attempt, Code.OK, "", ((PREVIOUS_ATTEMPTS_KEY, str(n)),) if n else ())
-            self.state = State.DONE
+            finish = Finish(attempt, _OK, "", ((PREVIOUS_ATTEMPTS_KEY, str(n)),) if n else ())
+            self.state = _DONE
             self.outcome = finish
             return [finish]
         return self._step(Input.END, (attempt, code, details or "", trailers))
@@ -604,7 +605,7 @@ class AttemptPlan:
         self._sent = number + 1
         self.running.append(attempt)
         self._tried = (*self._tried, sc) if number else (sc,)
-        self.state = State.ATTEMPTING
+        self.state = _ATTEMPTING
         self.waiting_on = None
         self.wake_at = None
         if self._hedging is not None:

@@ -39,6 +39,7 @@ class LatencyEstimate:
         self.penalty_s = penalty_s
         self.value_s = 0.0
         self.stamp = 0.0
+        #: samples learnt so far, counted to 2 only (readers ask: none, one, more?)
         self.samples = 0
         #: when the backend last went from idle to busy (set by the picker)
         self.busy_since = 0.0
@@ -65,8 +66,10 @@ class LatencyEstimate:
             if code is _CANCELLED:
                 return
             latency_s = max(latency_s, self.penalty_s)
-        if self.samples < 2:
+        samples = self.samples
+        if samples < 2:
             self.value_s = latency_s  # the first reply may carry connection setup: provisional
+            self.samples = samples + 1
         else:
             x = (now - self.stamp) / self.decay_s
             # exp(-x) to within x²/2 (< 5e-7) for the fresh samples of a busy backend,
@@ -77,7 +80,7 @@ class LatencyEstimate:
                 latency_s if latency_s > current else current + (latency_s - current) * (1.0 - w)
             )
         self.stamp = now
-        self.samples += 1
 
     def __repr__(self) -> str:
-        return f"<LatencyEstimate {self.value_s * 1000:.2f}ms n={self.samples}>"
+        learnt = ("no samples", "one sample", "two or more samples")[self.samples]
+        return f"<LatencyEstimate {self.value_s * 1000:.2f}ms, {learnt}>"
