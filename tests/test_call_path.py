@@ -408,3 +408,39 @@ async def test_request_stream_after_commit_reads_the_application_iterator_as_grp
         finally:
             await ours.close()
             await theirs.close()
+
+
+async def test_malformed_metadata_fails_at_once_with_value_error_on_both_channels() -> None:
+    """As on grpcio's channels: a ValueError from the call itself, not attempts that
+    fail as they are sent until the deadline (the sync channel once took a malformed
+    pair for a closed endpoint channel and retried it for the whole deadline)."""
+    async with GreeterFleet(1) as fleet:
+        aio_channel = grpc_balancer.aio.insecure_channel(fleet.target())
+        sync_channel = grpc_balancer.insecure_channel(fleet.target())
+        try:
+            aio_stub = greeter_pb2_grpc.GreeterStub(aio_channel)
+            sync_stub = greeter_pb2_grpc.GreeterStub(sync_channel)
+            bad = (("k",),)
+            try:
+                await aio_stub.SayHello(Req(name="x"), timeout=30, metadata=bad)
+            except ValueError as err:
+                assert "(key, value) pairs" in str(err)
+            else:
+                raise AssertionError("no ValueError on the asyncio channel")
+
+            def sync_call() -> str:
+                try:
+                    sync_stub.SayHello(Req(name="x"), timeout=30, metadata=bad)
+                except ValueError as err:
+                    return str(err)
+                return "no error"
+
+            assert "(key, value) pairs" in await asyncio.to_thread(sync_call)
+            # nothing was sent or left in flight, and good calls still work
+            assert served(fleet) == 0
+            assert all(sc.in_flight == 0 for sc in aio_channel.subchannels)
+            assert all(sc.in_flight == 0 for sc in sync_channel.subchannels)
+            assert "x" in (await aio_stub.SayHello(Req(name="x"), timeout=10)).message
+        finally:
+            await aio_channel.close()
+            sync_channel.close()

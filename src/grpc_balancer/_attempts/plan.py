@@ -289,8 +289,8 @@ class CallSpec:
             plan.info = self._bare_info
             plan._metadata = ()
         else:
-            plan.info = PickInfo(self.method, metadata)
             plan._metadata = _as_tuple(metadata)
+            plan.info = PickInfo(self.method, metadata)
         if timeout is None:
             plan.deadline = None
         else:  # the clock read once: the first attempt's timeout is the call's
@@ -306,10 +306,18 @@ class CallSpec:
 
 
 def _as_tuple(metadata: Metadata | None) -> Metadata:
-    """The call's metadata as a tuple, made once: grpcio's core takes nothing else."""
+    """The call's metadata as a tuple, made once (grpcio's core takes nothing else),
+    checked here: a malformed item fails the call at once with a ValueError, as on
+    grpcio's channels, instead of failing each attempt as it is sent."""
     if not metadata:
         return ()
-    return metadata if type(metadata) is tuple else tuple(metadata)
+    items = metadata if type(metadata) is tuple else tuple(metadata)
+    for item in items:
+        try:
+            _key, _value = item
+        except (TypeError, ValueError):
+            raise ValueError(f"metadata must be (key, value) pairs, got {item!r}") from None
+    return items
 
 
 class AttemptPlan:
