@@ -114,6 +114,8 @@ async def test_a_killed_backend_is_detected_and_rejoins_on_the_sync_channel(
             assert victim.port not in await say_hello_ports(ch, 10)
             victim.start()
             await eventually(lambda: sc.usable, timeout=30)
+            # state changes reach the picker coalesced, a loop turn or more later
+            assert await ch.wait_for_settled(10)
             if health:
                 assert sc.health == "SERVING"
             assert victim.port in await say_hello_ports(ch, 10)
