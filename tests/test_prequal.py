@@ -77,6 +77,19 @@ def test_hot_is_relative_to_the_pool_so_a_burst_does_not_spill_onto_an_idle_slow
     assert sorted(sc.in_flight for sc in subs[:4]) == [3, 3, 3, 3]
 
 
+def test_calls_sent_on_an_answer_raise_its_expected_latency_by_littles_law() -> None:
+    # A: 10 ms at RIF 0, B: 15 ms at RIF 0, three busier ones keep A and B cold
+    entries = [(0, 0.0, 0.010), (1, 0.0, 0.015)] + [(i, 3.0, 0.050) for i in (2, 3, 4)]
+    pool, subs = pool_with(entries)
+    first = pool.select(1.0)
+    assert first is not None and first.subchannel is subs[0]
+    subs[0].in_flight += 1  # our call on A's answer: A at RIF 1 now, still cold
+    assert first.expected_latency(first.load()) == pytest.approx(0.020)
+    assert pool.select(1.0).subchannel is subs[1]  # type: ignore[union-attr]  # 15 < 20 ms
+    subs[0].in_flight -= 1  # it ended: A is as fast as its answer said
+    assert pool.select(1.0).subchannel is subs[0]  # type: ignore[union-attr]
+
+
 def test_entries_above_the_quantile_lose_to_any_at_or_below_it() -> None:
     pool, subs = pool_with([(i, float(i), 0.010 - i * 0.0005) for i in range(10)])
     pool.rif_quantile = 0.5

@@ -11,9 +11,12 @@ backend every ``idleProbeInterval``.
 
 The **hot-cold lexicographic rule** picks from the pool: an entry is *hot* when its
 RIF is above the ``rifQuantile`` (0.84) quantile of the pool's RIFs, and the cold entry
-with the lowest latency wins. An entry's RIF follows this client's own calls to that
-backend since the probe: those sent after it count in (the probe could not see them, so
-one answer is not stampeded), those it counted that have ended count out. The quantile
+with the lowest expected latency wins. An entry's RIF follows this client's own calls to
+that backend since the probe: those sent after it count in (the probe could not see
+them, so one answer is not stampeded), those it counted that have ended count out; and
+its expected latency grows with them by Little's law (latency x (RIF + 1) / (probed RIF
++ 1), the server's own rule for a RIF it has no sample of), so a server probed idle no
+longer looks idle to the tenth call a busy client sends on that answer. The quantile
 (interpolated) is over these current RIFs, so a burst of picks that loads every backend
 moves the threshold too instead of spilling onto a slow backend that merely has nothing
 in flight; there is always a cold entry, so the paper's "every entry hot: the lowest
@@ -86,6 +89,14 @@ class ProbeEntry:
         ours it counted that have ended since."""
         load = self.rif + self.subchannel.in_flight - self.base_in_flight
         return load if load > 0.0 else 0.0
+
+    def expected_latency(self, load: float) -> float:
+        """The answer's latency at ``load``: scaled up by Little's law for the calls this
+        client added since the probe (never down: fewer calls than the server counted
+        do not make it faster than it said)."""
+        if load > self.rif:
+            return self.latency_s * (load + 1.0) / (self.rif + 1.0)
+        return self.latency_s
 
     def __repr__(self) -> str:
         return (
@@ -162,8 +173,8 @@ class ProbePool:
         return live, self.threshold(sorted([load for load, _ in live]))
 
     def select(self, now: float, exclude: frozenset[Subchannel] = frozenset()) -> ProbeEntry | None:
-        """The hot-cold rule: the cold entry with the lowest latency (then the lowest
-        RIF). The paper's other case, "every entry hot: the lowest RIF", cannot arise
+        """The hot-cold rule: the cold entry with the lowest expected latency (then the
+        lowest RIF). The paper's other case, "every entry hot: the lowest RIF", cannot arise
         with a threshold taken over the entries themselves (at least one is at or below
         any quantile of them). Counts one use into the winner; None when no live entry
         qualifies."""
@@ -172,7 +183,9 @@ class ProbePool:
         best_latency = best_load = math.inf
         for load, e in live:
             if load <= hot_above:
-                latency = e.latency_s
+                latency = e.latency_s  # ProbeEntry.expected_latency, inlined
+                if load > e.rif:
+                    latency = latency * (load + 1.0) / (e.rif + 1.0)
                 if latency < best_latency or (latency == best_latency and load < best_load):
                     chosen, best_latency, best_load = e, latency, load
         if chosen is None:
@@ -190,7 +203,7 @@ class ProbePool:
 
         def badness(item: tuple[float, ProbeEntry]) -> tuple[bool, float]:
             load, e = item
-            return (load > hot_above, load if load > hot_above else e.latency_s)
+            return (load > hot_above, load if load > hot_above else e.expected_latency(load))
 
         worst = max(live, key=badness)[1]
         self.entries.remove(worst)
