@@ -537,6 +537,28 @@ def test_transparent_retry_goes_elsewhere_and_is_not_a_retry(details: str) -> No
     h.check_accounting()
 
 
+def test_a_retry_after_a_transparent_retry_skips_both_backends_tried() -> None:
+    # the transparent retry is attempt number 0 again; the backend it replaced still
+    # counts as tried when a retryPolicy retry is picked later
+    h = Harness(retry=RETRY)
+
+    class PreferFirst:  # the first backend not excluded, in list order
+        def pick(self, info: PickInfo) -> Any:
+            return first_not_excluded(h.subs, 0, info.exclude)  # type: ignore[arg-type]
+
+    h.publish(PreferFirst())
+    first = h.only_send(h.start())
+    assert h.end(first, Code.UNAVAILABLE, NOT_SENT) == []
+    h.publish(PreferFirst())
+    second = h.only_send(h.picker())
+    assert second.number == 0 and second.subchannel is not first.subchannel
+    assert h.end(second, Code.UNAVAILABLE, "backend said no") == []
+    third = h.only_send(h.fire_timer())
+    assert third.subchannel not in (first.subchannel, second.subchannel)
+    finish_of(h.end(third, Code.OK))
+    h.check_accounting()
+
+
 def test_transparent_retry_after_the_wait_even_if_the_picker_did_not_change() -> None:
     h = Harness()
     first = h.only_send(h.start())

@@ -612,7 +612,7 @@ class AttemptPlan:
         attempt = Attempt(sc, number, metadata, timeout)
         self._sent = number + 1
         self.running.append(attempt)
-        self._tried = (*self._tried, sc) if number else (sc,)
+        self._tried = (*self._tried, sc)  # (number is 0 again after a transparent retry)
         self.state = _ATTEMPTING
         self.waiting_on = None
         self.wake_at = None
