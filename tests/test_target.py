@@ -7,7 +7,7 @@ import pytest
 import grpc_balancer
 from grpc_balancer.errors import InvalidTargetError
 from grpc_balancer.resolvers.static import parse_static_endpoints
-from grpc_balancer.target import parse_target, split_host_port
+from grpc_balancer.target import grpc_target_for, parse_target, split_host_port
 
 
 @pytest.mark.parametrize(
@@ -94,3 +94,24 @@ def test_split_host_port_forms() -> None:
     assert split_host_port("[::1]:80") == ("::1", 80)
     assert split_host_port("host", default_port=443) == ("host", 443)
     assert split_host_port("10.0.0.1:8080") == ("10.0.0.1", 8080)
+
+
+@pytest.mark.parametrize(
+    ("address", "grpc_target"),
+    [
+        ("127.0.0.1:50051", "ipv4:127.0.0.1:50051"),
+        ("127.1.2.3:1", "ipv4:127.1.2.3:1"),
+        ("[::1]:50051", "ipv6:[::1]:50051"),
+        ("localhost:50051", "localhost:50051"),
+        ("01.2.3.4:5", "01.2.3.4:5"),  # not a dotted quad grpcio's ipv4: would take
+        ("1.2.3:5", "1.2.3:5"),
+        ("256.1.1.1:5", "256.1.1.1:5"),
+        ("[fe80::1%eth0]:5", "[fe80::1%eth0]:5"),
+        ("1.2.3.4\x00:5", "1.2.3.4\x00:5"),
+        ("10.0.0.1", "10.0.0.1"),  # no port: as given
+    ],
+)
+def test_endpoint_channels_get_ip_targets_for_ip_literals_only(
+    address: str, grpc_target: str
+) -> None:
+    assert grpc_target_for(address) == grpc_target
