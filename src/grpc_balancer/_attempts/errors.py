@@ -120,20 +120,10 @@ class FinishedCall(_CallFuture):
         fn(self)
 
 
-class SyncRpcError(grpc.RpcError, FinishedCall):  # type: ignore[misc]
+class SyncRpcError(FinishedCall, grpc.RpcError):
     """A finished sync call's error: a ``grpc.RpcError`` that is also a ``grpc.Call``
-    and a ``grpc.Future``, like grpcio's own."""
-
-    def __init__(
-        self,
-        code: grpc.StatusCode,
-        details: str,
-        initial: Sequence[tuple[str, Any]] = (),
-        trailing: Sequence[tuple[str, Any]] = (),
-        debug: str | None = None,
-    ) -> None:
-        grpc.RpcError.__init__(self)
-        FinishedCall.__init__(self, code, details, initial, trailing, debug)
+    and a ``grpc.Future``, like grpcio's own (made with FinishedCall's arguments, no
+    response)."""
 
     def result(self, timeout: float | None = None) -> Any:
         raise self
