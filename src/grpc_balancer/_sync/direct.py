@@ -16,16 +16,17 @@ own multicallable. grpcio's internals read here are the ones its own sync path u
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import grpc
-from grpc import _observability
+from grpc import _common, _observability
 from grpc._cython import cygrpc  # type: ignore[attr-defined]
 
 from grpc_balancer._attempts.errors import CODE_OF_INT
 
-_LOGGER = logging.getLogger("grpc._common")  # grpcio logs (de)serializer failures there
+#: grpcio's own (de)serializing: the failure logged, None returned
+_serialize = _common.serialize
+_deserialize = _common.deserialize
 _OK = grpc.StatusCode.OK
 _INTERNAL = grpc.StatusCode.INTERNAL
 _PROPAGATE = cygrpc.PropagationConstants.GRPC_PROPAGATE_DEFAULTS
@@ -52,13 +53,9 @@ def blocking_unary(inner: Any, request: Any, deadline: float | None, metadata: A
     """One unary-unary call on ``inner``'s Cython channel, in the caller's thread.
 
     ``deadline`` is absolute (``time.time()``); ``ValueError`` if the channel closed."""
-    serializer = inner._request_serializer
-    if serializer is not None:
-        try:
-            request = serializer(request)
-        except Exception:
-            _LOGGER.exception("Exception serializing message!")
-            return _INTERNAL, None, "Exception serializing request!", (), (), None
+    request = _serialize(request, inner._request_serializer)  # grpcio's: logs, None
+    if request is None:
+        return _INTERNAL, None, "Exception serializing request!", (), (), None
     parent = _parent_deadline()
     if parent is not None:
         deadline = parent if deadline is None else min(parent, deadline)
@@ -97,13 +94,9 @@ def blocking_unary(inner: Any, request: Any, deadline: float | None, metadata: A
         details = status_op.details()
     response = message_op.message()
     if response is not None:
-        deserializer = inner._response_deserializer
-        if deserializer is not None:
-            try:
-                response = deserializer(response)
-            except Exception:
-                _LOGGER.exception("Exception deserializing message!")
-                code, details, response = _INTERNAL, "Exception deserializing response!", None
+        response = _deserialize(response, inner._response_deserializer)
+        if response is None:  # as grpcio's _handle_event
+            code, details = _INTERNAL, "Exception deserializing response!"
     return (
         code,
         response,
