@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.bench_instructions import _stub
 from bench.harness import Backends
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -53,23 +54,11 @@ def layer_of(filename: str) -> str:
 
 
 async def _count(which: str, addresses: list[str], rpcs: int) -> dict[str, Any]:
-    import grpc
-    import grpc.aio
+    from grpc_balancer.demo import greeter_pb2
 
-    import grpc_balancer.aio
-    from grpc_balancer.demo import greeter_pb2, greeter_pb2_grpc
-
+    channel, stub = _stub(which, addresses, sync=False)  # the two clients, as there
     if which == "ours":
-        channel: Any = grpc_balancer.aio.insecure_channel(
-            "static:///" + ",".join(addresses), policy="round_robin"
-        )
         await channel.wait_for_settled(60)
-    else:
-        config = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
-        channel = grpc.aio.insecure_channel(
-            "ipv4:" + ",".join(addresses), options=[("grpc.service_config", config)]
-        )
-    stub = greeter_pb2_grpc.GreeterStub(channel)
     request = greeter_pb2.HelloRequest(name="x")
     for _ in range(200):  # warm-up: every backend connected and answering
         await stub.SayHello(request, timeout=60)
