@@ -30,6 +30,14 @@ from grpc_balancer.subchannel import (
 
 #: How long a closing subchannel waits for its watcher to see SHUTDOWN.
 _WATCH_EXIT_S = 0.2
+#: States that end a first connection attempt (it leaves the dialer's window).
+_SETTLED = frozenset(
+    {
+        grpc.ChannelConnectivity.READY,
+        grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+        grpc.ChannelConnectivity.SHUTDOWN,
+    }
+)
 
 
 class AioSubchannel(Subchannel):
@@ -48,6 +56,8 @@ class AioSubchannel(Subchannel):
         self._transport: grpc.aio.Channel | None = None
         self._dialer = dialer
         self._watch_task: asyncio.Task[None] | None = None
+        #: Counted in the dialer's window until the first connection attempt settles.
+        self._in_window = False
         #: Unary attempts driven on grpcio's Cython call (not grpc.aio call objects, so
         #: the grpc.aio channel does not track them): the close ends them.
         self.direct_calls: set[Any] = set()
@@ -76,31 +86,47 @@ class AioSubchannel(Subchannel):
         else:
             self._dialer.submit(self._start_watching)
 
-    def _start_watching(self) -> None:
+    def _start_watching(self) -> bool:
+        """Start connecting and follow the connectivity; False if closed meanwhile."""
         if self._closing:
-            return
+            return False
         state = self.channel.get_state(try_to_connect=True)  # starts the connection now
         context = None if self._dialer is None else self._dialer.context
+        self._in_window = self._dialer is not None
         self._watch_task = asyncio.get_running_loop().create_task(
             self._watch(state), name=f"grpc_balancer.subchannel[{self.address}]", context=context
         )
+        return True
 
     async def _watch(self, state: grpc.ChannelConnectivity) -> None:
         channel = self.channel
-        self._set_connectivity(state)
-        while not self._closing:
-            try:
-                await channel.wait_for_state_change(state)
-                state = channel.get_state(try_to_connect=True)
-            except Exception:
-                if self._closing:  # the channel closed under the wait: done
+        try:
+            while True:
+                if self._in_window and state in _SETTLED:
+                    self._leave_window()
+                self._set_connectivity(state)
+                if self._closing:
                     return
-                raise
-            self._set_connectivity(state)
+                try:
+                    await channel.wait_for_state_change(state)
+                    state = channel.get_state(try_to_connect=True)
+                except Exception:
+                    if self._closing:  # the channel closed under the wait: done
+                        return
+                    raise
+        finally:
+            self._leave_window()
+
+    def _leave_window(self) -> None:
+        """The first connection attempt is over: the dialer may start another."""
+        if self._in_window:
+            self._in_window = False
+            cast("Dialer", self._dialer).settled()
 
     def stop_watching(self) -> None:
         if self._watch_task is not None:
             self._watch_task.cancel()
+        self._leave_window()  # a task cancelled before it ran has no finally
 
     async def probe(self) -> tuple[grpc.StatusCode, str]:
         probe = self.channel.unary_unary(PROBE_METHOD, None, None)

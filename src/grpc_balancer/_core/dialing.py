@@ -1,7 +1,22 @@
-"""Dialing in slices: connection starts queue up and run a few milliseconds' worth per
-event-loop turn, so a channel over 10,000 endpoints does not block its loop (and the
-calls waiting on it) for the seconds it takes to create 10,000 connections; the first
-endpoints are connected, and the first call sent, while the rest are still queued.
+"""Dialing a large endpoint list without a connect storm.
+
+Two bounds, one per resource a storm exhausts:
+
+* **the loop**: connection starts queue up and run a few milliseconds' worth per
+  event-loop turn, so taking in 10,000 endpoints does not block the loop (and the calls
+  waiting on it) for the seconds it takes to create 10,000 connections;
+* **the handshakes**: at most a *window* of connections may be connecting at once. The
+  window starts at :data:`INITIAL_WINDOW` and grows by one for every connection that
+  settles (READY or failed), so it doubles with each round of handshakes, as TCP's slow
+  start does. A call sent on the first READY endpoints is answered while the next few
+  hundred handshakes run, not behind all 10,000 of them (with every dial at once, the
+  first call of a 10,000-endpoint channel came back only with the last handshakes:
+  ``bench/fleet.py`` measures both). Channels of up to :data:`INITIAL_WINDOW` endpoints
+  dial everything at once.
+
+A window full of connections that never settle (black-holed addresses wait out their
+connect timeout) must not stall the rest: with the window full, it doubles every
+:data:`WIDEN_AFTER_S` anyway.
 """
 
 from __future__ import annotations
@@ -14,16 +29,33 @@ from collections.abc import Callable
 
 #: How long one loop turn may spend starting connections before it yields.
 SLICE_S = 0.002
+#: Connections that may be connecting at once before the first one settles.
+INITIAL_WINDOW = 64
+#: With the window full for this long, it doubles whether or not anything settled.
+WIDEN_AFTER_S = 0.5
 
 
 class Dialer:
-    """One per channel, on its event loop: :meth:`submit` a connection start; it runs
-    in order, in a later turn, in slices of at most :data:`SLICE_S`."""
+    """One per channel, on its event loop. :meth:`submit` a connection start (a
+    callable returning whether it started a connection); starts run in order, in later
+    turns, in slices of at most ``slice_s``, while fewer than the window are connecting.
+    Whoever started a connection calls :meth:`settled` once when it is READY, has failed
+    or is closed."""
 
-    def __init__(self, slice_s: float = SLICE_S) -> None:
+    def __init__(
+        self,
+        slice_s: float = SLICE_S,
+        *,
+        window: int | None = None,
+        widen_after_s: float | None = None,
+    ) -> None:
         self._slice_s = slice_s
-        self._queue: deque[Callable[[], None]] = deque()
+        self._window = INITIAL_WINDOW if window is None else window
+        self._widen_after_s = WIDEN_AFTER_S if widen_after_s is None else widen_after_s
+        self._connecting = 0
+        self._queue: deque[Callable[[], bool]] = deque()
         self._handle: asyncio.Handle | None = None
+        self._widen: asyncio.TimerHandle | None = None
         #: The context the connectivity watchers run in: one for all of them, not a
         #: copy each (they set no context variables; one channel, one loop thread).
         self.context = contextvars.Context()
@@ -32,25 +64,58 @@ class Dialer:
     def queued(self) -> int:
         return len(self._queue)
 
-    def submit(self, start: Callable[[], None]) -> None:
+    @property
+    def connecting(self) -> int:
+        """Connections started here that have not settled yet."""
+        return self._connecting
+
+    @property
+    def window(self) -> int:
+        return self._window
+
+    def submit(self, start: Callable[[], bool]) -> None:
         self._queue.append(start)
-        if self._handle is None:
+        self._schedule()
+
+    def settled(self) -> None:
+        """A connection started here is READY, failed or closed: it leaves the window,
+        and the window grows by one."""
+        self._connecting -= 1
+        self._window += 1
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._handle is None and self._queue and self._connecting < self._window:
             self._handle = asyncio.get_running_loop().call_soon(self._run)
 
     def _run(self) -> None:
         self._handle = None
         queue = self._queue
         deadline = time.perf_counter() + self._slice_s
-        while queue:
-            queue.popleft()()
+        while queue and self._connecting < self._window:
+            if queue.popleft()():
+                self._connecting += 1
             if time.perf_counter() >= deadline:
                 break
-        if queue:
+        if not queue:
+            return
+        if self._connecting < self._window:
             self._handle = asyncio.get_running_loop().call_soon(self._run)
+        elif self._widen is None:
+            self._widen = asyncio.get_running_loop().call_later(
+                self._widen_after_s, self._widen_window
+            )
+
+    def _widen_window(self) -> None:
+        self._widen = None
+        self._window *= 2
+        if self._handle is None:
+            self._run()  # which arms the next widening if the window fills again
 
     def close(self) -> None:
         """Drop what is still queued (the channel is closing)."""
         self._queue.clear()
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        for handle in (self._handle, self._widen):
+            if handle is not None:
+                handle.cancel()
+        self._handle = self._widen = None

@@ -1,0 +1,187 @@
+"""The dialer's window (issue 17): at most a window of first connection attempts run at
+once, the window grows by one per settled attempt (doubling per round, as slow start)
+and doubles on its own when nothing settles; a channel's subchannels leave it when
+READY, failed or closed."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from grpc_balancer import aio
+from grpc_balancer._aio.subchannel import AioSubchannel
+from grpc_balancer._core import dialing
+from grpc_balancer._core.dialing import Dialer
+from grpc_balancer.endpoint import Endpoint
+from grpc_balancer.testing import GreeterFleet, free_port
+from tests.helpers import eventually, say_hello_ports
+
+C = grpc.ChannelConnectivity
+
+
+class Starts:
+    """Connection starts that record their order; ``closed`` ones start nothing."""
+
+    def __init__(self) -> None:
+        self.started: list[int] = []
+        self.closed: set[int] = set()
+
+    def start(self, i: int) -> bool:
+        if i in self.closed:
+            return False
+        self.started.append(i)
+        return True
+
+
+async def turns(n: int = 5) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def submit(dialer: Dialer, starts: Starts, n: int) -> None:
+    for i in range(n):
+        dialer.submit(lambda i=i: starts.start(i))  # type: ignore[misc]
+
+
+async def test_at_most_the_window_connects_at_once_in_order() -> None:
+    dialer, starts = Dialer(slice_s=10.0, window=4, widen_after_s=60), Starts()
+    submit(dialer, starts, 10)
+    await turns()
+    assert starts.started == [0, 1, 2, 3]
+    assert (dialer.connecting, dialer.queued, dialer.window) == (4, 6, 4)
+    dialer.close()
+
+
+async def test_each_settled_attempt_frees_its_place_and_widens_the_window_by_one() -> None:
+    dialer, starts = Dialer(slice_s=10.0, window=4, widen_after_s=60), Starts()
+    submit(dialer, starts, 20)
+    await turns()
+    dialer.settled()
+    await turns()
+    assert starts.started == [0, 1, 2, 3, 4, 5]  # two more for one settled
+    for _ in range(5):  # the rest of the first six settle
+        dialer.settled()
+    await turns()
+    assert dialer.window == 10  # 4 + 6 settled
+    assert len(starts.started) == 16  # 6 settled + a full window
+    assert dialer.connecting == 10
+    dialer.close()
+
+
+async def test_a_start_that_began_nothing_takes_no_place() -> None:
+    dialer, starts = Dialer(slice_s=10.0, window=2, widen_after_s=60), Starts()
+    starts.closed = {0, 1, 3}
+    submit(dialer, starts, 6)
+    await turns()
+    assert starts.started == [2, 4]
+    assert dialer.connecting == 2
+    dialer.close()
+
+
+async def test_a_window_that_never_settles_doubles_after_a_while() -> None:
+    dialer, starts = Dialer(slice_s=10.0, window=2, widen_after_s=0.01), Starts()
+    submit(dialer, starts, 10)
+    await turns()
+    assert len(starts.started) == 2
+    await eventually(lambda: len(starts.started) > 2, timeout=5)
+    assert dialer.window in (4, 8, 16)  # doubled, maybe more than once by now
+    assert len(starts.started) == min(10, dialer.window)  # never beyond the window
+    await eventually(lambda: len(starts.started) == 10, timeout=5)
+    dialer.close()
+
+
+async def test_slices_bound_one_turn_and_the_rest_run_in_later_turns() -> None:
+    dialer, starts = Dialer(slice_s=0.0, window=100, widen_after_s=60), Starts()
+    submit(dialer, starts, 3)
+    await asyncio.sleep(0)
+    assert starts.started == [0]  # a zero slice: one start per turn
+    await turns()
+    assert starts.started == [0, 1, 2]
+    dialer.close()
+
+
+async def test_close_drops_what_is_queued() -> None:
+    dialer, starts = Dialer(slice_s=10.0, window=1, widen_after_s=0.01), Starts()
+    submit(dialer, starts, 5)
+    await turns()
+    dialer.close()
+    await asyncio.sleep(0.05)  # a widening would have started more by now
+    assert starts.started == [0]
+    assert dialer.queued == 0
+
+
+async def test_a_channel_with_a_window_of_one_reaches_every_backend_and_empties_it(
+    fleet3: GreeterFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """READY and failed attempts both leave the window (a refused port among them),
+    so the channel dials one endpoint after another until all have settled."""
+    monkeypatch.setattr(dialing, "INITIAL_WINDOW", 1)
+    monkeypatch.setattr(dialing, "WIDEN_AFTER_S", 60.0)  # only settling moves it
+    refused = f"127.0.0.1:{free_port()}"
+    addresses = [refused, *fleet3.addresses]
+    target = "static:///" + ",".join(addresses)
+    async with aio.insecure_channel(target, policy="round_robin") as ch:
+        dialer = ch._dialer
+        await eventually(lambda: sum(sc.usable for sc in ch.subchannels) == 3, timeout=20)
+        assert set(await say_hello_ports(ch, 6)) == set(fleet3.ports)
+        await eventually(lambda: dialer.connecting == 0, timeout=10)
+        assert dialer.window == 1 + len(addresses)
+        assert ch.subchannels[0].connectivity is C.TRANSIENT_FAILURE
+
+
+@pytest.fixture
+def silent_listeners() -> Iterator[list[str]]:
+    """Listening sockets nobody accepts on: TCP connects, the HTTP/2 handshake never
+    ends, so a channel's attempts there stay CONNECTING (until gRPC's 20 s timeout)."""
+    socks = []
+    for _ in range(3):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        socks.append(sock)
+    yield [f"127.0.0.1:{sock.getsockname()[1]}" for sock in socks]
+    for sock in socks:
+        sock.close()
+
+
+async def test_closing_a_channel_mid_dial_leaves_nothing_in_the_window(
+    silent_listeners: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dialing, "INITIAL_WINDOW", 2)
+    monkeypatch.setattr(dialing, "WIDEN_AFTER_S", 60.0)
+    ch = aio.insecure_channel("static:///" + ",".join(silent_listeners), policy="round_robin")
+    dialer = ch._dialer
+    await eventually(lambda: dialer.connecting == 2, timeout=10)
+    await turns()
+    assert dialer.queued == 1  # the third waits for a place
+    assert all(sc.connectivity is not C.READY for sc in ch.subchannels)
+    await ch.close()
+    assert dialer.connecting == 0
+    assert dialer.queued == 0
+
+
+class _Listener:
+    def on_subchannel_state(self, subchannel: object) -> None:
+        pass
+
+
+async def test_a_dial_stopped_before_its_watcher_ran_leaves_the_window(
+    silent_listeners: list[str],
+) -> None:
+    dialer = Dialer(window=1, widen_after_s=60)
+    sc = AioSubchannel(
+        Endpoint(silent_listeners[0]),
+        lambda address: grpc.aio.insecure_channel(address),
+        _Listener(),
+        dialer,
+    )
+    sc.watch_connectivity()  # the dialer starts it in its next slice...
+    asyncio.get_running_loop().call_soon(sc.stop_watching)  # ...and this runs right after
+    await turns()
+    assert sc.has_transport  # it did start
+    assert dialer.connecting == 0
+    await sc.aclose(0)
