@@ -44,12 +44,12 @@ class Dialer:
 
     def __init__(
         self,
-        slice_s: float = SLICE_S,
+        slice_s: float | None = None,
         *,
         window: int | None = None,
         widen_after_s: float | None = None,
     ) -> None:
-        self._slice_s = slice_s
+        self._slice_s = SLICE_S if slice_s is None else slice_s
         self._window = INITIAL_WINDOW if window is None else window
         self._widen_after_s = WIDEN_AFTER_S if widen_after_s is None else widen_after_s
         self._connecting = 0
