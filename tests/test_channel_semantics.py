@@ -101,6 +101,46 @@ async def test_close_cancels_calls_and_streams_and_closes_every_connection(
     await eventually(lambda: not established_to(ports))
 
 
+async def test_unary_calls_held_past_close_do_not_keep_its_connections(
+    slow_fleet: GreeterFleet,
+) -> None:
+    """The application may keep the call objects a close cancelled: the connections
+    still close (what the calls received is kept, grpcio's core calls are not), and so
+    the connectivity watches end on this event loop, not after it."""
+    ports = set(slow_fleet.ports)
+    ch = grpc_balancer.aio.insecure_channel(slow_fleet.target(), policy="round_robin")
+    assert await ch.wait_for_settled(15)
+    stub = greeter_pb2_grpc.GreeterStub(ch)
+    calls = [stub.SayHello(Req(name=f"u{i}"), timeout=120) for i in range(3)]
+    await eventually(lambda: servers_busy(slow_fleet) == 3)
+    await ch.close()
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() is grpc.StatusCode.CANCELLED
+        assert await call.code() is grpc.StatusCode.CANCELLED
+        assert tuple(await call.initial_metadata()) == ()
+    gc.collect()
+    await eventually(lambda: not established_to(ports))
+    assert len(calls) == 3  # still held
+
+
+async def test_a_call_that_waited_for_a_backend_is_not_kept_by_the_channel(
+    fleet3: GreeterFleet,
+) -> None:
+    """A call waiting for a picker is listed for close() to end; once it finishes it is
+    not (it used to stay listed, and with it its grpcio call, until the channel closed)."""
+    async with grpc_balancer.aio.insecure_channel(fleet3.target(), policy="round_robin") as ch:
+        stub = greeter_pb2_grpc.GreeterStub(ch)
+        calls = [stub.SayHello(Req(name="first"), timeout=10) for _ in range(3)]  # no READY yet
+        assert len(ch.waiting_calls) == 3
+        for call in calls:
+            await call
+        assert ch.waiting_calls == set()
+        await stub.SayHello(Req(name="later"), timeout=10)
+        assert ch.waiting_calls == set()
+
+
 async def test_close_with_grace_lets_calls_finish_and_refuses_new_ones(
     channel_kind: str, fleet3: GreeterFleet
 ) -> None:

@@ -120,6 +120,37 @@ class _UnaryAttempt:
         await asyncio.shield(self._task)
         return Metadata.from_tuple(_status_of(self)[2])
 
+    def detach(self) -> None:
+        """Keep what the ended call received, not grpcio's call: a call object the
+        application still holds would keep the core call, and with it the closed
+        channel and its connectivity watch, alive (the watch would then end after the
+        event loop has, as "Event loop is closed" noise in the next one)."""
+        if self._task.done() and type(self._cython_call) is not _EndedCall:
+            self._cython_call = _EndedCall(self._cython_call)
+
+
+class _EndedCall:
+    """What an ended Cython call has received, for the readers of :class:`_UnaryAttempt`."""
+
+    __slots__ = ("_initial_metadata", "_ok", "_status")
+
+    def __init__(self, cython_call: Any) -> None:
+        self._status = cython_call._status
+        self._initial_metadata = cython_call._initial_metadata or ()
+        self._ok = bool(cython_call.is_ok())
+
+    def done(self) -> bool:
+        return True
+
+    def is_ok(self) -> bool:
+        return self._ok
+
+    def cancel(self, details: str) -> None:
+        pass
+
+    async def initial_metadata(self) -> Any:
+        return self._initial_metadata
+
 
 class _MultiCallable:
     _kind = Kind.UNARY_UNARY
@@ -168,6 +199,8 @@ class _Call:
     _requests: AsyncRequests | None = None
     _progress: asyncio.Future[None] | None = None
     _timer: asyncio.TimerHandle | None = None
+    #: In the channel's ``waiting_calls`` (from its first wait until it finishes).
+    _listed = False
     _timer_at: float | None = None
     _waiting_on: PickerGeneration | None = None
     _done_callbacks: list[Callable[[Any], None]] | None = None
@@ -255,8 +288,9 @@ class _Call:
                 if not progress.done():
                     progress.set_result(None)
             return
-        if not plan.done:
+        if not plan.done and not self._listed:
             self._channel.waiting_calls.add(self)
+            self._listed = True
         if plan.wake_at != self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
@@ -402,7 +436,7 @@ class _Call:
                 if (
                     self._done_callbacks is not None
                     or self._channel.instrument is not None
-                    or self._waiting_on is not None
+                    or self._listed
                 ):
                     self._finished(action)
                 return
@@ -449,8 +483,9 @@ class _Call:
     def _finished(self, finish: Finish) -> None:
         if self._requests is not None:
             self._requests.release()  # no attempt will replay them: drop them and the cycle
-        if self._timer_at is not None or self._waiting_on is not None:
+        if self._listed:  # (the wait may be over: its timer and picker are not a sign)
             self._channel.waiting_calls.discard(self)
+            self._listed = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

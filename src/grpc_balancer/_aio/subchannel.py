@@ -30,6 +30,8 @@ from grpc_balancer.subchannel import (
 
 #: How long a closing subchannel waits for its watcher to see SHUTDOWN.
 _WATCH_EXIT_S = 0.2
+#: How long a closing subchannel that cancelled calls lets their last completions arrive.
+_CANCEL_DRAIN_S = 0.005
 #: States that end a first connection attempt (it leaves the dialer's window).
 _SETTLED = frozenset(
     {
@@ -188,6 +190,7 @@ class AioSubchannel(Subchannel):
         once every call object made on the channel is freed, so the wait is short."""
         if self._transport is not None:
             loop = asyncio.get_running_loop()
+            cancelling = self.in_flight > 0
             until = None if grace is None else loop.time() + grace
             direct = [call for call in self.direct_calls if not call.done()]
             if grace and direct:  # as grpc.aio does for its own calls: grace, then cancel
@@ -197,6 +200,16 @@ class AioSubchannel(Subchannel):
             left = None if until is None else max(until - loop.time(), 0.0)
             with contextlib.suppress(Exception):
                 await self._transport.close(left)
+            if direct:  # cancelled: their tasks end at once; then drop grpcio's calls
+                await asyncio.wait([call._task for call in direct], timeout=_WATCH_EXIT_S)
+                for call in direct:
+                    call.detach()
+            if cancelling:
+                # A cancelled grpcio call returns before the core has completed its
+                # batch; that completion follows in a moment, through grpc's poller,
+                # addressed to this loop. Let it land here, not after the loop is
+                # closed (as "Event loop is closed" noise in the next one).
+                await asyncio.sleep(_CANCEL_DRAIN_S)
         task, self._watch_task = self._watch_task, None
         if task is not None and not task.done():
             _, pending = await asyncio.wait([task], timeout=_WATCH_EXIT_S)
