@@ -414,6 +414,38 @@ def fleet() -> str:
     return "\n".join(rows) + "\n"
 
 
+def fleet_cost() -> str:
+    r = _json("fleet_cost")
+    rows = [
+        f"| {r['n']:,} endpoints, held as | all connected | ÷ grpcio | CPU until then "
+        "| ÷ grpcio | RSS per endpoint | ÷ grpcio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind, entry in r["summary"].items():
+        cells = []
+        for key, fmt in (
+            ("all_established_s", lambda v: f"{v:.2f} s"),
+            ("cpu_s", lambda v: f"{v:.2f} s"),
+            ("rss_per_endpoint_kib", lambda v: f"{v:.1f} KiB"),
+        ):
+            fig = entry[key]
+            lo, hi = fig["range"]
+            cells.append(f"{fmt(fig['median'])} ({fmt(lo)}–{fmt(hi)})")
+            if kind == "grpcio":
+                cells.append("1")
+            else:
+                rlo, rhi = fig["ratio_range"]
+                cells.append(f"{_ratio(fig['ratio_median'])} ({_ratio(rlo)}–{_ratio(rhi)})")
+        rows.append(f"| {kind} | " + " | ".join(cells) + " |")
+    rows += [
+        "",
+        f"`{r['command']}`, {r['when']}, {r['rounds']} rounds, the kinds interleaved in a "
+        "rotating order, each in a fresh process against a fresh server; median (range), "
+        "ratios per round.",
+    ]
+    return "\n".join(rows) + "\n"
+
+
 def fleet_balance() -> str:
     r = _json("fleet_balance")
     names = {
@@ -589,6 +621,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "xds-push": xds_push,
     "fleet": fleet,
     "fleet-balance": fleet_balance,
+    "fleet-cost": fleet_cost,
     "sim-ramp": sim_ramp,
     "sim-scenarios": sim_scenarios,
     "prequal-loopback": prequal_loopback,

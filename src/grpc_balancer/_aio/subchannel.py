@@ -187,7 +187,9 @@ class AioSubchannel(Subchannel):
         """grpcio gives the channel's calls ``grace`` s, then cancels them. Then the
         watcher sees SHUTDOWN, so its grpc operation completes while this loop runs
         (not after it, as "Event loop is closed" noise); grpc.aio reports SHUTDOWN only
-        once every call object made on the channel is freed, so the wait is short."""
+        once every core call made on the channel is freed, which is why the unary
+        attempts cancelled here let go of theirs (:meth:`_UnaryAttempt.detach`) even
+        when the application keeps their call objects."""
         if self._transport is not None:
             loop = asyncio.get_running_loop()
             cancelling = self.in_flight > 0
