@@ -185,3 +185,13 @@ async def test_a_dial_stopped_before_its_watcher_ran_leaves_the_window(
     assert sc.has_transport  # it did start
     assert dialer.connecting == 0
     await sc.aclose(0)
+
+
+def test_a_settle_without_a_running_loop_starts_nothing() -> None:
+    """A watcher finalized after its event loop ended still settles its place."""
+    dialer, starts = Dialer(slice_s=10.0, window=1, widen_after_s=60), Starts()
+    dialer._connecting = 1  # one connection started; its loop is gone
+    dialer._queue.append(lambda: starts.start(0))
+    dialer.settled()
+    assert starts.started == []
+    assert (dialer.connecting, dialer.window, dialer.queued) == (0, 2, 1)

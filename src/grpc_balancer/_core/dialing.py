@@ -86,7 +86,11 @@ class Dialer:
 
     def _schedule(self) -> None:
         if self._handle is None and self._queue and self._connecting < self._window:
-            self._handle = asyncio.get_running_loop().call_soon(self._run)
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # a watcher finalized after its loop ended: nothing to run
+                return
+            self._handle = loop.call_soon(self._run)
 
     def _run(self) -> None:
         self._handle = None
