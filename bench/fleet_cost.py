@@ -14,8 +14,10 @@ addresses, one server process) in a fresh child process, all started at once:
 * ``+ a watcher each``: and the least a balancer in Python must do to know when an
   endpoint is usable, a task per endpoint awaiting ``wait_for_state_change`` until
   READY;
-* ``ours``: grpc_balancer's channel, round_robin (the above, plus subchannels, the
-  policy, the dialer's slices and window).
+* ``ours, every dial at once``: grpc_balancer's channel, round_robin, with the dialer's
+  window out of the way (what the subchannels and the policy add);
+* ``ours``: the same with the window (what holding connection starts back costs the
+  last connection; ``bench.fleet`` shows what it gains the first call).
 
 The parent measures every kind the same way from outside: the time until all N
 connections are ESTABLISHED (``ss``), the child's CPU time until then, and its RSS
@@ -42,7 +44,14 @@ from typing import Any
 from bench.fleet import SPARE_FDS, Child, address, established, raise_nofile, rss_kib
 
 RESULTS = Path(__file__).resolve().parent / "results"
-KINDS = ("grpcio", "core channels", "grpc.aio channels", "+ a watcher each", "ours")
+KINDS = (
+    "grpcio",
+    "core channels",
+    "grpc.aio channels",
+    "+ a watcher each",
+    "ours, every dial at once",
+    "ours",
+)
 _CHANNEL_OPTIONS = (
     # what ours gives each endpoint channel (_aio/channel.py DEFAULT_CHANNEL_OPTIONS)
     ("grpc.initial_reconnect_backoff_ms", 1000),
@@ -100,7 +109,11 @@ async def hold(kind: str, n: int, port: int) -> None:
             else:
                 channel.get_state(try_to_connect=True)
             kept.append(channel)
-    elif kind == "ours":
+    elif kind in ("ours", "ours, every dial at once"):
+        if kind != "ours":
+            from grpc_balancer._core import dialing
+
+            dialing.INITIAL_WINDOW = 1 << 30
         resolver = manual_resolver(addresses)
         ours = grpc_balancer.aio.insecure_channel(resolver.target, policy="round_robin")
         ours.get_state(try_to_connect=True)
