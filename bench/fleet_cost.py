@@ -11,13 +11,16 @@ addresses, one server process) in a fresh child process, all started at once:
   grpc channel is underneath), nothing in Python;
 * ``grpc.aio channels``: one ``grpc.aio`` channel per endpoint (the Python object
   around it);
-* ``+ a watcher each``: and the least a balancer in Python must do to know when an
-  endpoint is usable, a task per endpoint awaiting ``wait_for_state_change`` until
-  READY;
-* ``ours, every dial at once``: grpc_balancer's channel, round_robin, with the dialer's
-  window out of the way (what the subchannels and the policy add);
-* ``ours``: the same with the window (what holding connection starts back costs the
-  last connection; ``bench.fleet`` shows what it gains the first call).
+* ``+ a watcher task each``: and the least a balancer in Python must do to know when
+  an endpoint is usable, the usual way: a task per endpoint awaiting
+  ``wait_for_state_change`` until READY;
+* ``+ a callback watch each``: the same watch without a task, grpcio's watch coroutine
+  stepped from its future's done-callback (what ours does);
+* ``ours``: grpc_balancer's channel, round_robin, no call waiting (so the dialer's
+  window does not hold: see ``grpc_balancer._core.dialing``);
+* ``ours, window held throughout``: the same as if a call waited for the whole storm
+  (what holding connection starts back costs the last connection; ``bench.fleet``
+  shows what it gains the first call).
 
 The parent measures every kind the same way from outside: the time until all N
 connections are ESTABLISHED (``ss``), the child's CPU time until then, and its RSS
@@ -48,9 +51,10 @@ KINDS = (
     "grpcio",
     "core channels",
     "grpc.aio channels",
-    "+ a watcher each",
-    "ours, every dial at once",
+    "+ a watcher task each",
+    "+ a callback watch each",
     "ours",
+    "ours, window held throughout",
 )
 _CHANNEL_OPTIONS = (
     # what ours gives each endpoint channel (_aio/channel.py DEFAULT_CHANNEL_OPTIONS)
@@ -62,6 +66,36 @@ _CHANNEL_OPTIONS = (
 
 
 # -- the child -------------------------------------------------------------------------------------
+class _CallbackWatch:
+    """Until READY, grpcio's Cython watch coroutine stepped from its future's
+    done-callback, with no task (the way ``grpc_balancer._aio.subchannel`` watches)."""
+
+    __slots__ = ("_core", "_coro")
+
+    def __init__(self, core: Any) -> None:
+        self._core = core
+        self._coro: Any = None
+        self._step(None)
+
+    def _step(self, _: Any) -> None:
+        import grpc
+
+        ready = grpc.ChannelConnectivity.READY.value[0]
+        while True:
+            if self._coro is None:
+                state = self._core.check_connectivity_state(True)
+                if state == ready:
+                    return
+                self._coro = self._core.watch_connectivity_state(state, None)
+            try:
+                future = self._coro.send(None)
+            except StopIteration:
+                self._coro = None
+                continue
+            future.add_done_callback(self._step)
+            return
+
+
 async def hold(kind: str, n: int, port: int) -> None:
     """Open N endpoints the way ``kind`` does, then keep them until killed."""
     import grpc
@@ -93,7 +127,7 @@ async def hold(kind: str, n: int, port: int) -> None:
             core = cygrpc.AioChannel(f"ipv4:{a}".encode(), _CHANNEL_OPTIONS, None, loop)
             core.check_connectivity_state(True)
             kept.append(core)
-    elif kind in ("grpc.aio channels", "+ a watcher each"):
+    elif kind in ("grpc.aio channels", "+ a watcher task each", "+ a callback watch each"):
         ready = grpc.ChannelConnectivity.READY
 
         async def watch(channel: grpc.aio.Channel) -> None:
@@ -104,16 +138,18 @@ async def hold(kind: str, n: int, port: int) -> None:
 
         for a in addresses:
             channel = grpc.aio.insecure_channel(f"ipv4:{a}", options=_CHANNEL_OPTIONS)
-            if kind == "+ a watcher each":
+            if kind == "+ a watcher task each":
                 kept.append(asyncio.ensure_future(watch(channel)))
+            elif kind == "+ a callback watch each":
+                kept.append(_CallbackWatch(channel._channel))  # type: ignore[attr-defined]
             else:
                 channel.get_state(try_to_connect=True)
             kept.append(channel)
-    elif kind in ("ours", "ours, every dial at once"):
+    elif kind in ("ours", "ours, window held throughout"):
         if kind != "ours":
-            from grpc_balancer._core import dialing
+            from grpc_balancer._aio.channel import BalancedChannel
 
-            dialing.INITIAL_WINDOW = 1 << 30
+            BalancedChannel._calls_waiting = lambda self: True  # type: ignore[method-assign]
         resolver = manual_resolver(addresses)
         ours = grpc_balancer.aio.insecure_channel(resolver.target, policy="round_robin")
         ours.get_state(try_to_connect=True)

@@ -484,8 +484,11 @@ class _Call:
         if self._requests is not None:
             self._requests.release()  # no attempt will replay them: drop them and the cycle
         if self._listed:  # (the wait may be over: its timer and picker are not a sign)
-            self._channel.waiting_calls.discard(self)
+            waiting = self._channel.waiting_calls
+            waiting.discard(self)
             self._listed = False
+            if not waiting:
+                self._channel.calls_answered()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -121,7 +121,7 @@ class BalancedChannel(grpc.aio.Channel):
         self._resolver_options = resolver_options or ResolverOptions()
         self._subchannels: set[Subchannel] = set()
         #: Starts connections a slice per loop turn (see :mod:`grpc_balancer._core.dialing`).
-        self._dialer = Dialer()
+        self._dialer = Dialer(holding=self._calls_waiting)
         #: One bound method for every subchannel (not one closure each).
         self._open_endpoint_channel = self._open_for
         #: Removed by the policy but still serving calls (closed when those end).
@@ -539,6 +539,15 @@ class BalancedChannel(grpc.aio.Channel):
         """The options of every per-endpoint channel, of either kind: the user's,
         :data:`DEFAULT_CHANNEL_OPTIONS`, the resolver's authority, a local subchannel pool."""
         return self._options
+
+    def _calls_waiting(self) -> bool:
+        """Whether a call that had to wait for a backend is still unanswered: only then
+        does the dialer hold connection starts to its window."""
+        return bool(self.waiting_calls)
+
+    def calls_answered(self) -> None:
+        """The last call that waited for a backend finished: dial the rest at full speed."""
+        self._dialer.released()
 
     def remove_subchannel(self, subchannel: Subchannel) -> None:
         if subchannel in self._subchannels:

@@ -1,7 +1,8 @@
 """The asyncio channel's subchannel: the transport seam on one ``grpc.aio.Channel``.
 
-Connectivity is followed with ``get_state`` / ``wait_for_state_change`` in one small
-task; the probe and the server streams are ordinary grpc.aio calls on the same channel.
+Connectivity is followed with grpcio's own watch on the channel, stepped from
+callbacks (no task per endpoint); the probe and the server streams are ordinary
+grpc.aio calls on the same channel.
 The ``grpc.aio.Channel`` is created when the subchannel is first dialed (through the
 channel's :class:`~grpc_balancer._core.dialing.Dialer`, a slice per loop turn), so an
 endpoint a policy never connects (pick_first's spares, ring_hash's unused ones) costs
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
@@ -28,10 +30,15 @@ from grpc_balancer.subchannel import (
     SubchannelListener,
 )
 
+log = logging.getLogger("grpc_balancer._aio.subchannel")
+
 #: How long a closing subchannel waits for its watcher to see SHUTDOWN.
 _WATCH_EXIT_S = 0.2
 #: How long a closing subchannel that cancelled calls lets their last completions arrive.
 _CANCEL_DRAIN_S = 0.005
+_SHUTDOWN = grpc.ChannelConnectivity.SHUTDOWN
+#: grpcio's Cython connectivity states (ints) as grpc.ChannelConnectivity.
+_STATE_OF = {state.value[0]: state for state in grpc.ChannelConnectivity}
 #: States that end a first connection attempt (it leaves the dialer's window).
 _SETTLED = frozenset(
     {
@@ -57,7 +64,12 @@ class AioSubchannel(Subchannel):
         self._open_channel = open_channel
         self._transport: grpc.aio.Channel | None = None
         self._dialer = dialer
-        self._watch_task: asyncio.Task[None] | None = None
+        #: The connectivity watch (see _watch_step): live, its grpcio coroutine and the
+        #: future that coroutine awaits, and who waits for it to end (the close).
+        self._watch_live = False
+        self._watch_coro: Any = None
+        self._watch_future: asyncio.Future[Any] | None = None
+        self._watch_ended: asyncio.Future[None] | None = None
         #: Counted in the dialer's window until the first connection attempt settles.
         self._in_window = False
         #: Unary attempts driven on grpcio's Cython call (not grpc.aio call objects, so
@@ -92,32 +104,59 @@ class AioSubchannel(Subchannel):
         """Start connecting and follow the connectivity; False if closed meanwhile."""
         if self._closing:
             return False
-        state = self.channel.get_state(try_to_connect=True)  # starts the connection now
-        context = None if self._dialer is None else self._dialer.context
+        # grpcio's Cython channel, watched directly (see _watch_step)
+        self._core: Any = self.channel._channel  # type: ignore[attr-defined]
+        self._core.check_connectivity_state(True)  # starts the connection now
         self._in_window = self._dialer is not None
-        self._watch_task = asyncio.get_running_loop().create_task(
-            self._watch(state), name=f"grpc_balancer.subchannel[{self.address}]", context=context
-        )
+        self._watch_live = True
+        self._watch_context = None if self._dialer is None else self._dialer.context
+        # the first report on the next loop turn, as a task's first step would run
+        asyncio.get_running_loop().call_soon(self._watch_step, None, context=self._watch_context)
         return True
 
-    async def _watch(self, state: grpc.ChannelConnectivity) -> None:
-        channel = self.channel
+    def _watch_step(self, future: asyncio.Future[Any] | None) -> None:
+        """Follow the connectivity without a task of our own: grpcio's Cython watch
+        coroutine is stepped from the done-callback of the future it awaits. (A task
+        per endpoint cost about 2 KiB and a third of a 10,000-endpoint connect storm's
+        CPU: ``bench/fleet_cost.py``.) Report the state, arm the next watch, repeat."""
+        if future is not self._watch_future or not self._watch_live:
+            return  # a watch that was stopped (or replaced) completing late
+        self._watch_future = None
+        core = self._core
         try:
             while True:
+                coro = self._watch_coro
+                if coro is not None:
+                    try:
+                        pending = coro.send(None)
+                    except StopIteration:
+                        self._watch_coro = None  # the state changed (or the watch ended)
+                    else:
+                        self._watch_future = pending
+                        pending.add_done_callback(self._watch_step, context=self._watch_context)
+                        return
+                state = _STATE_OF[core.check_connectivity_state(True)]
                 if self._in_window and state in _SETTLED:
                     self._leave_window()
                 self._set_connectivity(state)
-                if self._closing:
-                    return
-                try:
-                    await channel.wait_for_state_change(state)
-                    state = channel.get_state(try_to_connect=True)
-                except Exception:
-                    if self._closing:  # the channel closed under the wait: done
-                        return
-                    raise
-        finally:
-            self._leave_window()
+                if self._closing or state is _SHUTDOWN:
+                    break
+                self._watch_coro = core.watch_connectivity_state(state.value[0], None)
+        except Exception:
+            if not self._closing:  # the channel closed under the watch: done
+                log.exception("%s: connectivity watch failed", self.address)
+        self._end_watch()
+
+    def _end_watch(self) -> None:
+        self._watch_live = False
+        coro, self._watch_coro = self._watch_coro, None
+        if coro is not None:
+            coro.close()  # grpcio's operation completes with the channel; no one waits
+        self._watch_future = None
+        self._leave_window()
+        ended = self._watch_ended
+        if ended is not None and not ended.done():
+            ended.set_result(None)
 
     def _leave_window(self) -> None:
         """The first connection attempt is over: the dialer may start another."""
@@ -126,9 +165,9 @@ class AioSubchannel(Subchannel):
             cast("Dialer", self._dialer).settled()
 
     def stop_watching(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-        self._leave_window()  # a task cancelled before it ran has no finally
+        if self._watch_live:
+            self._end_watch()
+        self._leave_window()  # a dial stopped before its first step
 
     async def probe(self) -> tuple[grpc.StatusCode, str]:
         probe = self.channel.unary_unary(PROBE_METHOD, None, None)
@@ -212,13 +251,12 @@ class AioSubchannel(Subchannel):
                 # addressed to this loop. Let it land here, not after the loop is
                 # closed (as "Event loop is closed" noise in the next one).
                 await asyncio.sleep(_CANCEL_DRAIN_S)
-        task, self._watch_task = self._watch_task, None
-        if task is not None and not task.done():
-            _, pending = await asyncio.wait([task], timeout=_WATCH_EXIT_S)
-            if pending:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        if self._watch_live:  # the watch sees SHUTDOWN (its grpcio operation completes)
+            self._watch_ended = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._watch_ended), _WATCH_EXIT_S)
+            if self._watch_live:
+                self._end_watch()
 
 
 class _AioServerStream:

@@ -11,8 +11,9 @@ Subchannel state changes are coalesced (grpc-go's pending flag + ``call_soon``):
 many arrive in one event-loop turn, the picker is rebuilt once, in the next turn. A
 rebuild scans every subchannel, so a connect storm over N endpoints would otherwise cost
 O(N²); each rebuild is also timed, and the next one waits until
-:data:`REBUILD_BUDGET` times its cost has passed, so rebuilds take at most about a fifth
-of the loop however fast changes arrive, and calls are never starved by them.
+:data:`REBUILD_BUDGET` times its cost has passed, so rebuilds take at most about a
+seventeenth of the loop however fast changes arrive, and calls are never starved by
+them.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from grpc_balancer.subchannel import Subchannel
 Connectivity = grpc.ChannelConnectivity
 
 #: After a rebuild that took ``t`` s, the next waits until ``REBUILD_BUDGET * t`` s have
-#: passed (at N = 10,000 a rebuild costs about a millisecond; at N = 10, microseconds).
-REBUILD_BUDGET = 4.0
+#: passed (at N = 10,000 a rebuild costs about a millisecond, so a new READY backend
+#: joins the picker within ~20 ms; at N = 10, microseconds). At 4, rebuilds still took
+#: a tenth of a 10,000-endpoint connect storm (``bench/fleet.py``: 145-190 ms of it).
+REBUILD_BUDGET = 16.0
 
 
 class ChannelControl(Protocol):
@@ -303,7 +306,9 @@ class BasePolicy:
         return list(self._ordered)
 
     def usable_subchannels(self) -> list[Subchannel]:
-        usable = [sc for sc in self._ordered if sc.usable]
+        # (the property's value read directly: this scan runs over every subchannel
+        # in every rebuild, and at 10,000 the property calls were most of its cost)
+        usable = [sc for sc in self._ordered if sc._usable]
         if usable and self._mixed_priorities:
             best = min(sc.endpoint.priority for sc in usable)
             usable = [sc for sc in usable if sc.endpoint.priority == best]
