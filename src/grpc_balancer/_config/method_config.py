@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from grpc_balancer._attempts.errors import CODE_OF_INT
 from grpc_balancer._attempts.retry import (
     MAX_ATTEMPTS_CAP,
     HedgingPolicy,
@@ -51,7 +52,6 @@ MAX_DURATION_S = 315_576_000_000.0
 #: Call timeouts are capped here (about 31 years): grpcio fails a call whose deadline
 #: is further away at once, as if it had expired.
 MAX_TIMEOUT_S = 1e9
-_CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class MethodTable:
@@ -219,7 +219,7 @@ def _codes(where: str, raw: Any) -> frozenset[grpc.StatusCode]:
         if isinstance(item, str):
             code = grpc.StatusCode.__members__.get(item.upper())
         elif _is_int(item):
-            code = _CODES_BY_NUMBER.get(item)
+            code = CODE_OF_INT.get(item)
         else:
             code = None
         if code is None or code is grpc.StatusCode.OK:
